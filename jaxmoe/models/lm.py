@@ -1,0 +1,276 @@
+"""Decoder-only MoE language model (DeepSeekMoE / Mixtral / Qwen-MoE / OLMoE family).
+
+Pre-norm blocks ``h += mixer(rmsnorm(h)); h += ffn(rmsnorm(h))`` with a final RMSNorm and
+a tied or untied head. Mixers: causal GQA attention (``attn``) or, in hybrid stacks, a
+state-space layer (``mamba``, ``diag_ssm``); FFNs: MoE or dense SwiGLU.
+
+Params::
+
+    embed:   {embedding [vocab, embed]}
+    groups:  list over scan groups of list over unit positions of stacked block params
+             (leading axis "layers"): {mixer_norm, mixer, ffn_norm, ffn}
+    final_norm: {scale [embed]}
+    lm_head: {kernel [embed, vocab]}      (absent when tie_embeddings)
+
+Public API: :func:`init`, :func:`apply`, :func:`init_cache`, :func:`prefill`,
+:func:`decode_step`, :func:`loss_fn`, :func:`param_axes`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxmoe.config import ModelConfig, layer_kinds
+from jaxmoe.models.stack import Group, make_groups, scan_group, take_layers
+from jaxmoe.moe.layer import init_moe, moe
+from jaxmoe.nn import attention as attn_lib
+from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed, unbox
+from jaxmoe.nn.layers import attend_embedding, embed, init_embedding, init_rmsnorm, init_swiglu, rmsnorm, swiglu
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(cfg: ModelConfig):
+    return DTYPES[cfg.dtype]
+
+
+def groups(cfg: ModelConfig) -> list[Group]:
+    return make_groups(layer_kinds(cfg), cfg.moe.first_k_dense, len(cfg.layer_pattern or ("attn",)), cfg.moe.moe_every)
+
+
+def moe_layer_indices(cfg: ModelConfig) -> list[int]:
+    return [i for i, (_, ffn) in enumerate(layer_kinds(cfg)) if ffn == "moe"]
+
+
+# ------------------------------------------------------------------------------ init
+
+
+def _init_mixer(key, kind: str, cfg: ModelConfig):
+    if kind == "attn":
+        return attn_lib.init_attention(key, cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_size,
+                                       qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, std=cfg.init_std)
+    from jaxmoe.models import hybrid
+
+    return hybrid.init_ssm_mixer(key, kind, cfg)
+
+
+def _init_block(key, kind, cfg: ModelConfig):
+    mixer, ffn = kind
+    k = split(key, ["mixer", "ffn"])
+    p = {"mixer_norm": init_rmsnorm(cfg.embed_dim), "mixer": _init_mixer(k["mixer"], mixer, cfg),
+         "ffn_norm": init_rmsnorm(cfg.embed_dim)}
+    if ffn == "moe":
+        p["ffn"] = init_moe(k["ffn"], cfg.embed_dim, cfg.moe, cfg.init_std)
+    else:
+        p["ffn"] = init_swiglu(k["ffn"], cfg.embed_dim, cfg.moe.dense_ffn_dim or 4 * cfg.embed_dim, cfg.init_std)
+    return p
+
+
+def init_boxed(key, cfg: ModelConfig) -> dict:
+    """Params with their logical axes (``Boxed`` leaves)."""
+    k = split(key, ["embed", "groups", "head"])
+    p = {"embed": init_embedding(k["embed"], cfg.vocab_size, cfg.embed_dim, cfg.init_std)}
+    gkeys = jax.random.split(k["groups"], max(1, len(groups(cfg))))
+    p["groups"] = []
+    for g, gk in zip(groups(cfg), gkeys):
+        pos_keys = jax.random.split(gk, len(g.unit))
+        p["groups"].append([
+            stack_boxed(lambda kk, kind=kind: _init_block(kk, kind, cfg), pk, g.repeats)
+            for kind, pk in zip(g.unit, pos_keys)
+        ])
+    p["final_norm"] = init_rmsnorm(cfg.embed_dim)
+    if not cfg.tie_embeddings:
+        p["lm_head"] = {"kernel": param(k["head"], (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
+                                        normal(cfg.init_std))}
+    return p
+
+
+def init(key, cfg: ModelConfig) -> dict:
+    """Random fp32 params (nested dicts/lists of arrays)."""
+    params = unbox(init_boxed(key, cfg))
+    if cfg.param_dtype != "float32":
+        params = jax.tree.map(lambda a: a.astype(DTYPES[cfg.param_dtype]), params)
+    return params
+
+
+def param_axes(cfg: ModelConfig) -> Any:
+    """Logical axis names of every param (same tree structure as :func:`init`)."""
+    return logical_axes(init_boxed, jax.random.PRNGKey(0), cfg)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=None) -> dict:
+    """Decode cache: ``{"index": int32, "groups": [[per-position stacked layer caches]]}``.
+
+    Attention layers hold ``k, v [layers, batch, max_len, kv_heads, head_dim]``; SSM layers
+    hold their recurrent states.
+    """
+    max_len = max_len or cfg.max_seq_len
+    dtype = dtype or compute_dtype(cfg)
+    out = []
+    for g in groups(cfg):
+        row = []
+        for mixer, _ in g.unit:
+            if mixer == "attn":
+                one = attn_lib.init_kv_cache(batch, max_len, cfg.kv_heads, cfg.head_size, dtype)
+            else:
+                from jaxmoe.models import hybrid
+
+                one = hybrid.init_ssm_state(mixer, cfg, batch)
+            row.append(jax.tree.map(lambda a: jnp.broadcast_to(a, (g.repeats,) + a.shape), one))
+        out.append(row)
+    return {"index": jnp.zeros((), jnp.int32), "groups": out}
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def _block(p, h, kind, cfg: ModelConfig, positions, layer_cache, cache_index, expert_mask, force_mask):
+    mixer, ffn = kind
+    x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
+    if mixer == "attn":
+        y, new_cache = attn_lib.attention(p["mixer"], x, positions, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps,
+                                          cache=layer_cache, cache_index=cache_index, impl=cfg.attention_impl)
+    else:
+        from jaxmoe.models import hybrid
+
+        y, new_cache = hybrid.ssm_mixer(p["mixer"], x, mixer, cfg, layer_cache)
+    h = h + y
+    x = rmsnorm(p["ffn_norm"], h, cfg.norm_eps)
+    if ffn == "moe":
+        y, aux = moe(p["ffn"], x, cfg.moe, expert_mask=expert_mask, force_mask=force_mask)
+    else:
+        y, aux = swiglu(p["ffn"], x), None
+    return h + y, new_cache, aux
+
+
+def forward(params, tokens: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
+            expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None,
+            return_hidden: bool = False):
+    """Core forward pass.
+
+    Args:
+      tokens: ``[batch, seq]`` int32.
+      cache: optional decode cache (:func:`init_cache`); tokens are written at
+        ``cache["index"]`` and the index advances by ``seq``.
+      expert_mask / force_mask: optional ``[num_layers, num_experts]`` bool router inputs
+        (False in expert_mask disables an expert; True in force_mask forces it).
+    Returns ``(logits [batch, seq, vocab] fp32, aux, new_cache)``; aux has ``aux_loss``,
+    ``balance_loss``, ``load [moe_layers, experts]``, ``dropped_frac``, ``expert_ids
+    [moe_layers, batch*seq, k]`` (and ``hidden`` if requested).
+    """
+    dt = compute_dtype(cfg)
+    b, s = tokens.shape
+    index = cache["index"] if cache is not None else jnp.zeros((), jnp.int32)
+    positions = jnp.broadcast_to(index + jnp.arange(s, dtype=jnp.int32), (b, s))
+    h = embed(params["embed"], tokens, dt)
+    new_groups = []
+    moe_aux = []  # (layer indices, stacked aux) per MoE unit position
+    for gi, g in enumerate(groups(cfg)):
+        gparams = params["groups"][gi]
+        gcache = cache["groups"][gi] if cache is not None else [None] * len(g.unit)
+        masks = [(take_layers(expert_mask, g.layer_indices(j)), take_layers(force_mask, g.layer_indices(j)))
+                 for j in range(len(g.unit))]
+
+        def body(h, xs, g=g):
+            lp, lc, lm = xs
+            new_c, auxes = [], []
+            for j, kind in enumerate(g.unit):
+                h, c, a = _block(lp[j], h, kind, cfg, positions, lc[j], index, lm[j][0], lm[j][1])
+                new_c.append(c)
+                auxes.append(a)
+            return h, (new_c, auxes)
+
+        h, (gc, gaux) = scan_group(body, h, (gparams, gcache, masks), cfg.remat)
+        new_groups.append(gc)
+        for j, (_, ffn) in enumerate(g.unit):
+            if ffn == "moe":
+                moe_aux.append((g.layer_indices(j), gaux[j]))
+    h = rmsnorm(params["final_norm"], h, cfg.norm_eps)
+    if cfg.tie_embeddings:
+        logits = attend_embedding(params["embed"], h)
+    else:
+        logits = h @ params["lm_head"]["kernel"].astype(dt)
+    aux = _collect_aux(moe_aux, cfg)
+    if return_hidden:
+        aux["hidden"] = h
+    new_cache = None
+    if cache is not None:
+        new_cache = {"index": index + s, "groups": new_groups}
+    return logits.astype(jnp.float32), aux, new_cache
+
+
+def _collect_aux(moe_aux, cfg: ModelConfig) -> dict:
+    if not moe_aux:
+        zero = jnp.float32(0.0)
+        return {"aux_loss": zero, "balance_loss": zero, "dropped_frac": zero,
+                "load": jnp.zeros((0, cfg.moe.num_experts)), "expert_ids": None}
+    order = []
+    for idx, a in moe_aux:
+        for r, layer in enumerate(idx):
+            order.append((layer, jax.tree.map(lambda v, r=r: v[r], a)))
+    order.sort(key=lambda t: t[0])
+    per_layer = [a for _, a in order]
+    stack = lambda key: jnp.stack([a[key] for a in per_layer])
+    out = {"aux_loss": stack("aux_loss").sum(), "load": stack("load"), "dropped_frac": stack("dropped_frac").mean(),
+           "expert_ids": stack("expert_ids")}
+    for key in ("balance_loss", "z_loss"):
+        if key in per_layer[0]:
+            out[key] = stack(key).mean()
+    return out
+
+
+def apply(params, tokens: jax.Array, cfg: ModelConfig, **kwargs) -> tuple[jax.Array, dict]:
+    """Full forward without a cache: ``tokens [batch, seq] -> (logits [batch, seq, vocab], aux)``."""
+    logits, aux, _ = forward(params, tokens, cfg, **kwargs)
+    return logits, aux
+
+
+def prefill(params, tokens: jax.Array, cfg: ModelConfig, cache: dict, **kwargs) -> tuple[jax.Array, dict]:
+    """Run a prompt ``[batch, seq]`` through the model, filling the cache.
+    Returns ``(logits [batch, seq, vocab], cache)``."""
+    logits, _, cache = forward(params, tokens, cfg, cache=cache, **kwargs)
+    return logits, cache
+
+
+def decode_step(params, token: jax.Array, cfg: ModelConfig, cache: dict, **kwargs) -> tuple[jax.Array, dict]:
+    """One decoding step: ``token [batch]`` -> ``(logits [batch, vocab], cache)``."""
+    logits, _, cache = forward(params, token[:, None], cfg, cache=cache, **kwargs)
+    return logits[:, 0], cache
+
+
+# ------------------------------------------------------------------------------- loss
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Mean next-token cross-entropy in fp32 over positions where ``mask`` is 1."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if mask is None:
+        return nll.mean()
+    mask = mask.astype(jnp.float32)
+    return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """``batch["tokens"] [batch, seq+1]`` -> ``(loss, metrics)``; loss = CE + router aux losses."""
+    del rng
+    tokens = batch["tokens"]
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    mask = batch.get("mask")
+    if mask is not None:
+        mask = mask[:, 1:]
+    logits, aux = apply(params, inputs, cfg)
+    ce = cross_entropy(logits, targets, mask)
+    loss = ce + aux["aux_loss"]
+    metrics = {"ce": ce, "aux_loss": aux["aux_loss"], "dropped_frac": aux["dropped_frac"]}
+    if aux["load"].shape[0]:
+        metrics["load"] = aux["load"]
+        metrics["balance_loss"] = aux["balance_loss"]
+        metrics["max_load"] = (aux["load"].max(-1) * cfg.moe.num_experts).mean()
+    return loss, metrics

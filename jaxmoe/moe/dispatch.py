@@ -1,0 +1,165 @@
+"""Dispatch engines: (tokens, routing, expert weights) -> combined expert outputs.
+
+All engines compute the same function (up to dropped tokens):
+``y[t] = sum_j weights[t, j] * expert_{ids[t, j]}(x[t])`` over valid slots j.
+
+- :func:`dropless`: sort the T*K assignments by expert, grouped matmul, unsort. The
+  permutations have their own backward (gather by the inverse permutation), so neither
+  direction needs a scatter-add.
+- :func:`capacity`: GShard-style fixed capacity per expert with einsum dispatch/combine;
+  assignments past an expert's capacity are dropped (slot-major priority: every token's
+  first choice before any second choice) and counted.
+- :func:`dense`: every expert on every token (a reference for tests).
+
+Expert params: ``gate, up [E, embed, ffn]``, ``down [E, ffn, embed]`` (SwiGLU experts).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxmoe.moe.gmm import gmm
+from jaxmoe.moe.router import Routing
+
+
+# ------------------------------------------------------------- permutation primitives
+
+
+@jax.custom_vjp
+def permute_rows(x: jax.Array, perm: jax.Array, inv_perm: jax.Array) -> jax.Array:
+    """``x[perm]`` for a permutation ``perm``; backward is ``g[inv_perm]`` (no scatter)."""
+    return jnp.take(x, perm, axis=0)
+
+
+def _permute_fwd(x, perm, inv_perm):
+    return jnp.take(x, perm, axis=0), (perm, inv_perm)
+
+
+def _permute_bwd(res, g):
+    perm, inv_perm = res
+    return jnp.take(g, inv_perm, axis=0), None, None
+
+
+permute_rows.defvjp(_permute_fwd, _permute_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def expand_sorted(x: jax.Array, order: jax.Array, inv_order: jax.Array, k: int) -> jax.Array:
+    """Rows of ``x [T, D]`` repeated K times, in expert order: ``x[order // k]`` -> ``[T*K, D]``.
+
+    Backward: gather the cotangent back into slot order and sum each token's K slots
+    (a gather and a reduction instead of a scatter-add).
+    """
+    return jnp.take(x, order // k, axis=0)
+
+
+def _expand_fwd(x, order, inv_order, k):
+    return jnp.take(x, order // k, axis=0), inv_order
+
+
+def _expand_bwd(k, inv_order, g):
+    gs = jnp.take(g, inv_order, axis=0)  # slot order [T*K, D]
+    return gs.reshape(-1, k, g.shape[-1]).sum(1), None, None
+
+
+expand_sorted.defvjp(_expand_fwd, _expand_bwd)
+
+
+def sort_assignments(routing: Routing, num_experts: int):
+    """Expert-major order of the T*K assignment slots.
+
+    Returns ``order [T*K]`` (slot index per sorted position), ``inv_order`` (its inverse)
+    and ``group_sizes [E]`` (valid assignments per expert; invalid slots sort last).
+    """
+    ids = routing.expert_ids.reshape(-1)
+    if routing.valid is not None:
+        ids = jnp.where(routing.valid.reshape(-1), ids, num_experts)
+    order = jnp.argsort(ids, stable=True).astype(jnp.int32)
+    inv_order = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=jnp.int32))
+    group_sizes = jnp.bincount(ids, length=num_experts + 1)[:num_experts].astype(jnp.int32)
+    return order, inv_order, group_sizes
+
+
+def expert_swiglu_grouped(xs: jax.Array, experts: dict, group_sizes: jax.Array, backend: str = "xla") -> jax.Array:
+    """SwiGLU experts on expert-sorted rows ``xs [M, D]`` -> ``[M, D]``."""
+    dt = xs.dtype
+    g = gmm(xs, experts["gate"].astype(dt), group_sizes, backend=backend)
+    u = gmm(xs, experts["up"].astype(dt), group_sizes, backend=backend)
+    h = jax.nn.silu(g) * u
+    return gmm(h, experts["down"].astype(dt), group_sizes, backend=backend)
+
+
+def _combine_slots(y_slots: jax.Array, routing: Routing, dtype) -> jax.Array:
+    """``y_slots [T, K, D]`` weighted by routing weights (invalid slots masked) -> ``[T, D]``."""
+    w = routing.weights
+    if routing.valid is not None:
+        w = jnp.where(routing.valid, w, 0.0)
+        y_slots = jnp.where(routing.valid[..., None], y_slots, 0)
+    return jnp.einsum("tkd,tk->td", y_slots.astype(jnp.float32), w.astype(jnp.float32)).astype(dtype)
+
+
+# ---------------------------------------------------------------------------- engines
+
+
+def dropless(x: jax.Array, routing: Routing, experts: dict, *, backend: str = "xla", **_) -> tuple[jax.Array, dict]:
+    """Sort by expert -> grouped matmul -> unsort -> weighted sum. ``x [T, D]``."""
+    t, d = x.shape
+    k = routing.expert_ids.shape[1]
+    num_experts = experts["gate"].shape[0]
+    order, inv_order, group_sizes = sort_assignments(routing, num_experts)
+    xs = expand_sorted(x, order, inv_order, k)
+    ys = expert_swiglu_grouped(xs, experts, group_sizes, backend)
+    y_slots = permute_rows(ys, inv_order, order).reshape(t, k, d)
+    return _combine_slots(y_slots, routing, x.dtype), {"dropped_frac": jnp.float32(0.0)}
+
+
+def expert_capacity(num_tokens: int, k: int, num_experts: int, capacity_factor: float) -> int:
+    return max(1, int(math.ceil(capacity_factor * num_tokens * k / num_experts)))
+
+
+def capacity(x: jax.Array, routing: Routing, experts: dict, *, capacity_factor: float = 1.25, **_) -> tuple[jax.Array, dict]:
+    """GShard capacity dispatch. ``x [T, D]``; returns ``(y, {"dropped_frac"})``."""
+    t, d = x.shape
+    k = routing.expert_ids.shape[1]
+    e = experts["gate"].shape[0]
+    c = expert_capacity(t, k, e, capacity_factor)
+    valid = routing.valid if routing.valid is not None else jnp.ones((t, k), jnp.bool_)
+    oh = jax.nn.one_hot(routing.expert_ids, e, dtype=jnp.int32) * valid[..., None]  # [T, K, E]
+    slot_major = oh.transpose(1, 0, 2).reshape(k * t, e)
+    pos = (jnp.cumsum(slot_major, axis=0) - 1) * slot_major  # position within the expert
+    pos = pos.sum(-1).reshape(k, t).T  # [T, K]
+    keep = valid & (pos < c)
+    disp = (oh * keep[..., None]).astype(x.dtype)[..., None] * jax.nn.one_hot(pos, c, dtype=x.dtype)[:, :, None, :]
+    dispatch_mask = disp.sum(1)  # [T, E, C]
+    w = jnp.where(keep, routing.weights, 0.0).astype(jnp.float32)
+    combine = (disp.astype(jnp.float32) * w[:, :, None, None]).sum(1)  # [T, E, C]
+    xin = jnp.einsum("tec,td->ecd", dispatch_mask, x)
+    dt = x.dtype
+    h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", xin, experts["gate"].astype(dt))) * jnp.einsum(
+        "ecd,edf->ecf", xin, experts["up"].astype(dt))
+    yout = jnp.einsum("ecf,efd->ecd", h, experts["down"].astype(dt))
+    y = jnp.einsum("tec,ecd->td", combine, yout.astype(jnp.float32)).astype(dt)
+    dropped = 1.0 - keep.sum() / jnp.maximum(valid.sum(), 1)
+    return y, {"dropped_frac": dropped.astype(jnp.float32)}
+
+
+def dense(x: jax.Array, routing: Routing, experts: dict, **_) -> tuple[jax.Array, dict]:
+    """Every expert on every token, weighted by the routing (reference; O(E) compute)."""
+    e = experts["gate"].shape[0]
+    dt = x.dtype
+    h = jax.nn.silu(jnp.einsum("td,edf->etf", x, experts["gate"].astype(dt))) * jnp.einsum(
+        "td,edf->etf", x, experts["up"].astype(dt))
+    y_all = jnp.einsum("etf,efd->etd", h, experts["down"].astype(dt))
+    w = routing.weights
+    if routing.valid is not None:
+        w = jnp.where(routing.valid, w, 0.0)
+    dense_w = jnp.einsum("tk,tke->te", w.astype(jnp.float32), jax.nn.one_hot(routing.expert_ids, e, dtype=jnp.float32))
+    y = jnp.einsum("te,etd->td", dense_w, y_all.astype(jnp.float32)).astype(dt)
+    return y, {"dropped_frac": jnp.float32(0.0)}
+
+
+ENGINES = {"dropless": dropless, "capacity": capacity, "dense": dense}

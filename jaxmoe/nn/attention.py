@@ -1,0 +1,117 @@
+"""Causal grouped-KV self-attention with RoPE and a KV cache.
+
+Params (logical axes in brackets)::
+
+    q: kernel [embed, heads, head_dim]      (+ bias [heads, head_dim])
+    k: kernel [embed, kv_heads, head_dim]   (+ bias)
+    v: kernel [embed, kv_heads, head_dim]   (+ bias)
+    o: kernel [heads, head_dim, embed]
+    q_norm / k_norm: scale [head_dim]        (QK-norm, optional)
+
+The cache of one layer is ``{"k": [batch, max_len, kv_heads, head_dim], "v": ...}``.
+With a cache, the new keys/values are written at ``cache_index`` and the queries attend
+to every cached position ``<=`` their own; this one path serves prefill (many tokens at
+index 0) and decode (one token at index t).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxmoe.nn.init import normal, param, split, zeros
+from jaxmoe.nn.layers import init_rmsnorm, rmsnorm
+from jaxmoe.nn.rope import apply_rope
+
+
+def init_attention(key, embed_dim: int, num_heads: int, kv_heads: int, head_dim: int, *,
+                   qkv_bias: bool = False, qk_norm: bool = False, std: float = 0.02) -> dict:
+    k = split(key, ["q", "k", "v", "o", "qb", "kb", "vb"])
+    p = {
+        "q": {"kernel": param(k["q"], (embed_dim, num_heads, head_dim), ("embed", "heads", "head_dim"), normal(std))},
+        "k": {"kernel": param(k["k"], (embed_dim, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), normal(std))},
+        "v": {"kernel": param(k["v"], (embed_dim, kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), normal(std))},
+        "o": {"kernel": param(k["o"], (num_heads, head_dim, embed_dim), ("heads", "head_dim", "embed"), normal(std))},
+    }
+    if qkv_bias:
+        p["q"]["bias"] = param(k["qb"], (num_heads, head_dim), ("heads", "head_dim"), zeros)
+        p["k"]["bias"] = param(k["kb"], (kv_heads, head_dim), ("kv_heads", "head_dim"), zeros)
+        p["v"]["bias"] = param(k["vb"], (kv_heads, head_dim), ("kv_heads", "head_dim"), zeros)
+    if qk_norm:
+        p["q_norm"] = init_rmsnorm(head_dim, "head_dim")
+        p["k_norm"] = init_rmsnorm(head_dim, "head_dim")
+    return p
+
+
+def _project(p, x):
+    y = jnp.einsum("bsd,dhk->bshk", x, p["kernel"].astype(x.dtype))
+    if "bias" in p:
+        y = y + p["bias"].astype(x.dtype)
+    return y
+
+
+def init_kv_cache(batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> dict:
+    shape = (batch, max_len, kv_heads, head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+@functools.lru_cache(maxsize=None)
+def _platform() -> str:
+    return jax.default_backend()
+
+
+def _choose_impl(requested: str, dtype, has_cache: bool) -> str | None:
+    if requested == "xla":
+        return None
+    if requested == "cudnn":
+        return "cudnn"
+    # auto: cuDNN flash attention on GPU for half-precision training/prefill.
+    if _platform() == "gpu" and dtype in (jnp.bfloat16, jnp.float16) and not has_cache:
+        return "cudnn"
+    return None
+
+
+def attention(params, x: jax.Array, positions: jax.Array, *, rope_theta: float = 10000.0,
+              norm_eps: float = 1e-6, cache: dict | None = None, cache_index: jax.Array | None = None,
+              impl: str = "auto") -> tuple[jax.Array, dict | None]:
+    """Causal self-attention.
+
+    Args:
+      x: ``[batch, seq, embed]``; positions: ``[batch, seq]`` absolute positions (RoPE).
+      cache: optional ``{"k","v": [batch, max_len, kv_heads, head_dim]}``; cache_index: int
+        scalar, where ``x``'s first token goes in the cache.
+    Returns ``(y [batch, seq, embed], updated cache or None)``.
+    """
+    q = _project(params["q"], x)
+    k = _project(params["k"], x)
+    v = _project(params["v"], x)
+    if "q_norm" in params:
+        q = rmsnorm(params["q_norm"], q, norm_eps)
+        k = rmsnorm(params["k_norm"], k, norm_eps)
+    q = apply_rope(q, positions, rope_theta)
+    k = apply_rope(k, positions, rope_theta)
+    head_dim = q.shape[-1]
+    scale = 1.0 / float(head_dim) ** 0.5
+    new_cache = None
+    if cache is None:
+        implementation = _choose_impl(impl, x.dtype, False)
+        try:
+            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=implementation)
+        except Exception:  # cuDNN unavailable for this shape/dtype: fall back to XLA
+            if implementation is None:
+                raise
+            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
+    else:
+        idx = jnp.asarray(cache_index, jnp.int32)
+        ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, idx, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, idx, 0, 0))
+        new_cache = {"k": ck, "v": cv}
+        s, max_len = x.shape[1], ck.shape[1]
+        q_pos = idx + jnp.arange(s)
+        mask = jnp.arange(max_len)[None, :] <= q_pos[:, None]  # [s, max_len]
+        out = jax.nn.dot_product_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), scale=scale,
+                                           mask=mask[None, None])
+    y = jnp.einsum("bshk,hkd->bsd", out, params["o"]["kernel"].astype(x.dtype))
+    return y, new_cache

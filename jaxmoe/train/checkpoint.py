@@ -1,0 +1,125 @@
+"""Orbax checkpoints of the training state, data-iterator state and run metadata.
+
+Layout of a run directory::
+
+    RUN/config.yaml              the full config of the run
+    RUN/metrics.jsonl            one JSON object per logged step
+    RUN/checkpoints/<step>/      orbax: state (params, opt_state, step, rng), data, meta
+
+Orbax commits a step atomically (it writes to a temporary directory and renames it), so
+a run killed while saving leaves the previous complete checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxmoe.config import Config, ConfigError, dump_config, load_config, to_dict
+
+log = logging.getLogger("jaxmoe")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not match the config."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir).absolute() / "checkpoints"
+
+
+def _remove_partial(ckpt_dir: Path) -> None:
+    """Delete temporary directories left by a run killed while it was saving."""
+    if not ckpt_dir.exists():
+        return
+    for child in ckpt_dir.iterdir():
+        if child.is_dir() and (".orbax-checkpoint-tmp" in child.name or child.name.endswith(".tmp")):
+            log.warning("ignoring incomplete checkpoint %s (the run stopped while writing it)", child)
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def make_manager(run_dir: str | Path, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+    ckpt_dir = checkpoint_dir(run_dir)
+    _remove_partial(ckpt_dir)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(ckpt_dir, options=options, item_names=("state", "data", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict, meta: dict) -> None:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=ocp.args.JsonSave(data_state),
+                                               meta=ocp.args.JsonSave(meta)), force=True)
+    manager.wait_until_finished()
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):
+    """Restore ``(state, data_state, meta)`` of ``step`` (default: latest complete one)."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"no complete checkpoint in {manager.directory}.")
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                        data=ocp.args.JsonRestore(),
+                                                        meta=ocp.args.JsonRestore()))
+    return out["state"], out["data"], out["meta"]
+
+
+def write_config(run_dir: str | Path, cfg: Config) -> None:
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "config.yaml").write_text(dump_config(cfg))
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """Accept a run directory or its ``checkpoints`` subdirectory."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint directory '{path}' does not exist.")
+    if p.name == "checkpoints" and (p.parent / "config.yaml").exists():
+        p = p.parent
+    if not (p / "config.yaml").exists():
+        raise CheckpointError(f"'{path}' is not a jaxmoe run directory (no config.yaml in it).")
+    if not checkpoint_dir(p).exists():
+        raise CheckpointError(f"'{path}' has no checkpoints/ directory; train first or point at a run directory.")
+    return p
+
+
+def config_differences(a: Config, b: Config, sections=("model",)) -> list[str]:
+    """Dotted names of fields that differ between two configs (within ``sections``)."""
+    out = []
+
+    def walk(x, y, prefix):
+        for key in sorted(set(x) | set(y)):
+            vx, vy = x.get(key), y.get(key)
+            if isinstance(vx, dict) and isinstance(vy, dict):
+                walk(vx, vy, f"{prefix}{key}.")
+            elif vx != vy:
+                out.append(f"{prefix}{key} ({vx!r} vs {vy!r})")
+
+    da, db = to_dict(a), to_dict(b)
+    for s in sections:
+        walk(da[s], db[s], f"{s}.")
+    return out
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    try:
+        return load_config(Path(run_dir) / "config.yaml")
+    except ConfigError as e:
+        raise CheckpointError(f"the config saved in {run_dir} cannot be read: {e}") from None
+
+
+def load_params(path: str | Path, step: int | None = None):
+    """Load ``(config, params)`` of a trained run (latest checkpoint unless ``step``)."""
+    from jaxmoe.train.loop import abstract_train_state
+
+    run_dir = resolve_run_dir(path)
+    cfg = load_run_config(run_dir)
+    manager = make_manager(run_dir, create=False)
+    if manager.latest_step() is None:
+        raise CheckpointError(f"no complete checkpoint in {checkpoint_dir(run_dir)}.")
+    state, _, _ = restore(manager, abstract_train_state(cfg), step)
+    return cfg, jax.device_get(state.params)

@@ -1,0 +1,231 @@
+"""The training loop: data -> jitted step -> metrics, evaluation, checkpoints, resume.
+
+``train(cfg)`` is the whole job behind ``jaxmoe train``. It never loses more than the work
+since the last checkpoint: SIGTERM/SIGINT finish the current step, save, and return with
+``summary["interrupted"] = True``; ``resume=True`` restores params, optimizer state, RNG,
+step and the data iterator position, so a resumed run reproduces the uninterrupted losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmoe.config import Config
+from jaxmoe.train import checkpoint as ckpt
+from jaxmoe.train.metrics import JsonlWriter, plot_expert_load, plot_training, read_jsonl, truncate_after_step
+from jaxmoe.train.optimizer import learning_rate_schedule, make_optimizer
+from jaxmoe.train.state import TrainState
+from jaxmoe.train.step import make_eval_step, make_train_step
+from jaxmoe.train.tasks import make_task
+
+log = logging.getLogger("jaxmoe")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user must act on (message is one sentence)."""
+
+
+def abstract_train_state(cfg: Config, task=None):
+    """Shapes/dtypes of the train state, without allocating it."""
+    task = task or make_task(cfg, with_data=False)
+    tx = make_optimizer(cfg.train)
+    return jax.eval_shape(lambda: TrainState.create(task.init(jax.random.PRNGKey(cfg.train.seed)), tx, cfg.train.seed))
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a flag checked between steps."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self, signum, frame):
+        self.signal = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        old = {}
+        try:
+            for s in (signal.SIGTERM, signal.SIGINT):
+                old[s] = signal.signal(s, self)
+        except ValueError:  # not in the main thread: no signal handling
+            pass
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step")
+
+
+def evaluate(eval_step, params, pipeline, num_batches: int) -> float | None:
+    if pipeline is None:
+        return None
+    losses = []
+    it = pipeline.iterator()
+    for _ in range(num_batches):
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        loss, _ = eval_step(params, batch)
+        losses.append(float(loss))
+    return float(np.mean(losses)) if losses else None
+
+
+def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict], dict] | None = None) -> dict:
+    """Train according to ``cfg``; returns a summary dict (also written to summary.json).
+
+    ``batch_hook(step, batch) -> batch`` lets tests inject faults (e.g. a NaN batch).
+    """
+    tcfg = cfg.train
+    run_dir = Path(tcfg.output_dir)
+    task = make_task(cfg)
+    tx = make_optimizer(tcfg)
+    schedule = learning_rate_schedule(tcfg)
+    manager = ckpt.make_manager(run_dir, keep=tcfg.keep_checkpoints)
+    latest = manager.latest_step()
+    train_iter = task.train_pipeline.iterator()
+    if latest is not None and not resume:
+        raise TrainingError(f"{run_dir} already holds checkpoints (latest step {latest}); pass --resume to continue "
+                            "or choose another train.output_dir.")
+    if resume and latest is not None:
+        saved = ckpt.load_run_config(run_dir)
+        diffs = ckpt.config_differences(saved, cfg, sections=("model",))
+        if diffs:
+            raise ckpt.CheckpointError(f"the checkpoint in {run_dir} was made with another model config: "
+                                       f"{'; '.join(diffs)}.")
+        state, data_state, _ = ckpt.restore(manager, abstract_train_state(cfg, task))
+        train_iter.set_state(data_state)
+        truncate_after_step(run_dir / "metrics.jsonl", int(state.step))
+        log.info("resumed from step %d", int(state.step))
+    else:
+        if resume:
+            log.warning("no checkpoint in %s: starting from scratch", run_dir)
+        state = jax.jit(lambda k: TrainState.create(task.init(k), tx, tcfg.seed))(jax.random.PRNGKey(tcfg.seed))
+    ckpt.write_config(run_dir, cfg)
+
+    step_fn = jax.jit(make_train_step(task.loss_fn, tx, schedule), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(task.loss_fn))
+    writer = JsonlWriter(run_dir / "metrics.jsonl")
+    start = int(state.step)
+    summary: dict[str, Any] = {"run_dir": str(run_dir.absolute()), "start_step": start, "interrupted": False,
+                               "skipped_steps": 0}
+    best_eval = math.inf
+    last_saved = start if (resume and latest is not None) else -1
+    stopper = _StopRequest()
+    bar = _progress(tcfg.steps, start, tcfg.progress)
+    t_last, tokens_since = time.perf_counter(), 0
+    last_load = None
+    t0 = time.perf_counter()
+
+    def save(step_no: int):
+        nonlocal last_saved
+        if step_no == last_saved:
+            return
+        ckpt.save(manager, step_no, state, train_iter.get_state(),
+                  {"step": step_no, "time": time.time(), "family": cfg.model.family})
+        last_saved = step_no
+
+    try:
+        with stopper.installed():
+            for step in range(start, tcfg.steps):
+                batch = next(train_iter)
+                if batch_hook is not None:
+                    batch = batch_hook(step, batch)
+                state, metrics = step_fn(state, batch)
+                done = step + 1
+                tokens_since += task.tokens_per_batch
+                skipped = int(metrics["skipped"])
+                if skipped:
+                    summary["skipped_steps"] += 1
+                    loss_val = float(metrics["loss"])
+                    if tcfg.nonfinite_policy == "stop":
+                        raise TrainingError(
+                            f"non-finite loss or gradients at step {done} (loss={loss_val}); the update was not "
+                            f"applied and the last good checkpoint is {manager.latest_step()} in "
+                            f"{ckpt.checkpoint_dir(run_dir)}.")
+                    log.warning("step %d: non-finite loss or gradients, update skipped", done)
+                    if int(state.skipped) >= tcfg.max_consecutive_skips:
+                        raise TrainingError(f"{int(state.skipped)} consecutive steps had non-finite loss or gradients "
+                                            f"(last at step {done}); stopping. Check the data and learning rate.")
+                if done % tcfg.log_every == 0 or done == tcfg.steps:
+                    m = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    record = {"step": done, "tokens_per_sec": tokens_since / max(now - t_last, 1e-9)}
+                    for k, v in m.items():
+                        if k == "load":
+                            last_load = np.asarray(v)
+                        else:
+                            record[k] = v
+                    writer.write(record)
+                    bar.set_postfix(loss=f"{float(m['loss']):.4f}", tok_s=f"{record['tokens_per_sec']:.0f}",
+                                    max_load=f"{float(m.get('max_load', 0.0)):.2f}", refresh=False)
+                    t_last, tokens_since = now, 0
+                bar.update(1)
+                if tcfg.eval_every and done % tcfg.eval_every == 0 and done != tcfg.steps:
+                    ev = evaluate(eval_step, state.params, task.eval_pipeline, tcfg.eval_batches)
+                    if ev is not None:
+                        best_eval = min(best_eval, ev)
+                        writer.write({"step": done, "eval_loss": ev})
+                if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0:
+                    save(done)
+                if stopper.signal is not None:
+                    save(done)
+                    summary["interrupted"] = True
+                    summary["message"] = (f"stopped by signal {signal.Signals(stopper.signal).name} after step {done}; "
+                                          f"checkpoint saved. Resume with: jaxmoe train --config "
+                                          f"{run_dir / 'config.yaml'} --resume")
+                    break
+            else:
+                final = int(state.step)
+                ev = evaluate(eval_step, state.params, task.eval_pipeline, tcfg.eval_batches)
+                if ev is not None:
+                    best_eval = min(best_eval, ev)
+                    writer.write({"step": final, "eval_loss": ev})
+                save(final)
+    finally:
+        bar.close()
+        writer.close()
+        manager.close()
+
+    final_step = int(state.step)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
+    summary.update({
+        "steps": final_step,
+        "tokens": final_step * task.tokens_per_batch,
+        "time_sec": time.perf_counter() - t0,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "best_eval_loss": None if math.isinf(best_eval) else best_eval,
+        "checkpoint": str(ckpt.checkpoint_dir(run_dir) / str(last_saved)) if last_saved >= 0 else None,
+    })
+    try:
+        if records:
+            plot_training(records, run_dir / "loss.png", title=f"{cfg.model.family} training")
+        if last_load is not None and last_load.size:
+            from jaxmoe.models.lm import moe_layer_indices
+
+            ids = moe_layer_indices(cfg.model) if cfg.model.family == "lm" else None
+            plot_expert_load(last_load, run_dir / "expert_load.png", ids)
+            summary["expert_load"] = last_load.tolist()
+    except Exception as e:  # plotting must never fail a run
+        log.warning("could not write plots: %s", e)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,55 @@
+"""The jitted train and eval steps (model-agnostic: they take a task's ``loss_fn``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmoe.train.state import TrainState
+
+
+def _tree_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable | None = None):
+    """``step(state, batch) -> (state, metrics)``.
+
+    A step whose loss or gradients are not finite is skipped: params and optimizer state
+    are kept, ``metrics["skipped"] = 1`` and ``state.skipped`` counts consecutive skips.
+    """
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+        finite = jnp.isfinite(loss) & _tree_finite(grads)
+        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt, state.opt_state),
+            skipped=jnp.where(finite, 0, state.skipped + 1).astype(jnp.int32),
+        )
+        metrics = dict(metrics)
+        metrics["loss"] = loss
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["skipped"] = (~finite).astype(jnp.int32)
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(loss_fn: Callable):
+    def step(params, batch):
+        loss, metrics = loss_fn(params, batch, None)
+        return loss, metrics
+
+    return step
