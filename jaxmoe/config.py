@@ -44,7 +44,7 @@ class MoEConfig:
     num_shared_experts: int = 0
     shared_ffn_dim: int = 0  # per shared expert; 0 -> expert_ffn_dim
     shared_expert_gate: bool = False  # Qwen2-MoE: scale shared output by sigmoid(x @ w)
-    router: Literal["topk"] = "topk"
+    router: Literal["topk", "topp", "thor", "readme", "moex"] = "topk"
     score_func: Literal["softmax", "sigmoid"] = "softmax"
     norm_topk: bool = False  # renormalise the top-k weights to sum to 1
     selection_bias: bool = False  # DeepSeek-V3: per-expert bias used for selection only
@@ -66,6 +66,17 @@ class MoEConfig:
     z_loss_coef: float = 0.0
     dynamic_loss_coef: float = 1e-4  # top-p entropy loss
     router_jitter: float = 0.0
+    # routing variants (specs/routing.md)
+    max_experts_per_token: int = 0  # top-p: most experts a token may use (0 -> num_experts)
+    thor_consistency_coef: float = 1.0  # THOR: alpha of the two-pass consistency (symmetric KL) loss
+    thor_draw: Literal["batch", "token", "sequence"] = "batch"  # THOR: one random expert per layer per ...
+    thor_inference: Literal["token", "sequence"] = "token"  # THOR: draw used by the decoders
+    readme_dim: int = 64  # Read-ME pre-gating router network width
+    readme_layers: int = 2
+    readme_heads: int = 4
+    num_compressed_experts: int = 0  # of the top-k, the last n are IA3 "compressed" experts
+    expert_activation: Literal["silu", "relu"] = "silu"  # GLU nonlinearity of the experts (relu: MoE-X)
+    moex_sparsity_coef: float = 1.0  # MoE-X: logits -= coef * expected active fraction of each expert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +93,13 @@ class ModelConfig:
     rope_theta: float = 10000.0
     qkv_bias: bool = False
     qk_norm: bool = False
+    qk_norm_scope: Literal["head", "full"] = "head"  # RMSNorm per head (Qwen3) or over the whole q/k projection (OLMoE)
+    attention_type: Literal["mha", "mla"] = "mha"  # mla: Multi-head Latent Attention (DeepSeek-V2/V3)
+    q_lora_rank: int = 0  # MLA: low-rank query compression (0 -> plain query projection)
+    kv_lora_rank: int = 64  # MLA: width of the cached key/value latent
+    qk_nope_head_dim: int = 32  # MLA: per-head query/key dims without RoPE
+    qk_rope_head_dim: int = 16  # MLA: per-head query dims (and shared key dims) with RoPE
+    v_head_dim: int = 32  # MLA: per-head value dim
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     max_seq_len: int = 2048
@@ -95,6 +113,13 @@ class ModelConfig:
     ssm_conv_dim: int = 4
     ssm_expand: int = 2
     moe: MoEConfig = MoEConfig()
+    # Time-MoE (family time_moe): FFN width (0 -> 4 * embed_dim; routed experts get ffn_dim // k),
+    # forecast heads, point dimension, dense FFNs instead of MoE, router aux-loss weight
+    ffn_dim: int = 0
+    horizons: tuple[int, ...] = (1, 8, 32, 64)
+    input_size: int = 1
+    use_dense: bool = False
+    aux_loss_coef: float = 0.02
     extra: tuple[tuple[str, Any], ...] = ()  # family-specific options as (key, value) pairs
 
     @property
@@ -117,6 +142,12 @@ class DataConfig:
     eval_fraction: float = 0.05
     text_field: str = "text"
     shuffle: bool = True
+    # time-series families: window sources ("synthetic", "synthetic:N", "real", "real:NAME",
+    # "csv:PATH:COLUMN", "parquet:PATH:COLUMN"), their mixing weights (empty -> equal) and the
+    # window stride (0 -> seq_len); seq_len is the context length
+    sources: tuple[str, ...] = ()
+    source_weights: tuple[float, ...] = ()
+    stride: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +185,8 @@ class MeshConfig:
     tensor: int = 1
     all_to_all: Literal["padded", "ragged", "auto"] = "auto"
     rules: tuple[tuple[str, Any], ...] = ()  # overrides of the logical-axis rules
+    num_devices: int = 0  # use the first N devices (0 = all); single-host experiments
+    exchange_capacity: float = 0.0  # expert-parallel buffers: 0 = exact worst case (no drops), x = x * mean load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,6 +395,12 @@ def validate(cfg: Config) -> None:
     _check(m.num_heads % m.kv_heads == 0,
            f"model.num_kv_heads={m.kv_heads} must divide model.num_heads={m.num_heads}.")
     _check(m.head_size % 2 == 0, f"the head dimension ({m.head_size}) must be even for RoPE.")
+    if m.attention_type == "mla":
+        _check(m.kv_lora_rank > 0 and m.v_head_dim > 0 and m.qk_nope_head_dim >= 0 and m.q_lora_rank >= 0,
+               "model.kv_lora_rank and model.v_head_dim must be positive, model.qk_nope_head_dim and "
+               "model.q_lora_rank >= 0 (0 = plain query projection) for attention_type=mla.")
+        _check(m.qk_rope_head_dim > 0 and m.qk_rope_head_dim % 2 == 0,
+               f"model.qk_rope_head_dim={m.qk_rope_head_dim} must be positive and even for attention_type=mla.")
     valid_kinds = ("attn", "mamba", "diag_ssm")
     for kind in m.layer_pattern:
         _check(kind in valid_kinds,
@@ -377,6 +416,20 @@ def validate(cfg: Config) -> None:
            f"model.moe.first_k_dense={moe.first_k_dense} must be between 0 and model.num_layers={m.num_layers}.")
     _check(moe.capacity_factor > 0, "model.moe.capacity_factor must be positive.")
     _check(0.0 < moe.top_p <= 1.0, f"model.moe.top_p={moe.top_p} must be in (0, 1].")
+    _check(0 <= moe.max_experts_per_token <= moe.num_experts,
+           f"model.moe.max_experts_per_token={moe.max_experts_per_token} must be between 0 (all) and "
+           f"model.moe.num_experts={moe.num_experts}.")
+    _check(0 <= moe.num_compressed_experts < moe.experts_per_token,
+           f"model.moe.num_compressed_experts={moe.num_compressed_experts} must be between 0 and "
+           f"model.moe.experts_per_token-1={moe.experts_per_token - 1}.")
+    if moe.num_compressed_experts:
+        _check(moe.router in ("topk", "moex", "readme"),
+               "model.moe.num_compressed_experts needs router topk, moex or readme.")
+    if moe.router == "readme":
+        _check(moe.readme_dim > 0 and moe.readme_layers >= 1 and moe.readme_heads >= 1
+               and moe.readme_dim % moe.readme_heads == 0 and (moe.readme_dim // moe.readme_heads) % 2 == 0,
+               f"model.moe.readme_heads={moe.readme_heads} must divide model.moe.readme_dim={moe.readme_dim} "
+               "into an even head size, with readme_layers >= 1.")
     _check(moe.num_groups >= 1 and moe.num_experts % moe.num_groups == 0,
            f"model.moe.num_groups={moe.num_groups} must divide model.moe.num_experts={moe.num_experts}.")
     _check(1 <= moe.topk_groups <= moe.num_groups,
@@ -397,6 +450,16 @@ def validate(cfg: Config) -> None:
     _check(t.log_every >= 1, "train.log_every must be >= 1.")
     _check(t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end).")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1.")
+    if m.family == "time_moe":
+        _check(len(m.horizons) > 0 and all(h >= 1 for h in m.horizons) and len(set(m.horizons)) == len(m.horizons),
+               f"model.horizons={list(m.horizons)} must be distinct positive integers, e.g. [1, 8, 32, 64].")
+        _check(m.input_size >= 1 and m.ffn_dim >= 0 and m.aux_loss_coef >= 0,
+               "model.input_size must be >= 1, model.ffn_dim >= 0 (0 = 4 * embed_dim), model.aux_loss_coef >= 0.")
+    _check(d.stride >= 0, "data.stride must be >= 0 (0 = data.seq_len).")
+    _check(not d.source_weights or len(d.source_weights) == len(d.sources),
+           f"data.source_weights has {len(d.source_weights)} entries but data.sources has {len(d.sources)}; "
+           "give one weight per source or none.")
+    _check(all(w > 0 for w in d.source_weights), "data.source_weights must all be positive.")
     mesh = cfg.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.expert, mesh.tensor]
     _check(all(s == -1 or s >= 1 for s in sizes), "mesh axis sizes must be >= 1 or -1 (the rest).")
@@ -404,6 +467,12 @@ def validate(cfg: Config) -> None:
     if mesh.expert > 1:
         _check(moe.num_experts % mesh.expert == 0,
                f"mesh.expert={mesh.expert} must divide model.moe.num_experts={moe.num_experts}.")
+    _check(mesh.num_devices >= 0, "mesh.num_devices must be >= 0 (0 = all devices).")
+    _check(mesh.exchange_capacity >= 0, "mesh.exchange_capacity must be >= 0 (0 = exact worst-case buffers).")
+    if mesh.rules:
+        from jaxmoe.parallel.sharding import make_rules
+
+        make_rules(mesh.rules)  # raises ConfigError naming the bad entry
 
 
 def layer_kinds(m: ModelConfig) -> list[tuple[str, str]]:

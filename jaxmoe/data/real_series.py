@@ -41,6 +41,7 @@ __all__ = [
     "RealSeriesInfo",
     "default_horizon",
     "REAL_SERIES",
+    "MACRODATA_SERIES_COLUMNS",
     "MULTIVARIATE_COLUMNS",
     "load_real_series",
     "load_real_train",

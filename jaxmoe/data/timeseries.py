@@ -63,6 +63,7 @@ __all__ = [
     "window_starts",
     "WindowSource",
     "SyntheticWindowSource",
+    "EpochShuffledSource",
     "WeightedSelectionMap",
     "SourceInfo",
     "TimeSeriesPipeline",
@@ -95,7 +96,8 @@ def clean_series(series) -> tuple[np.ndarray, np.ndarray]:
     """`(values, mask)` float32: NaN and +-inf become 0 with mask 0, finite points mask 1."""
     array = _as_1d(series).astype(np.float64)
     finite = np.isfinite(array)
-    values = np.where(finite, array, 0.0).astype(np.float32)
+    with np.errstate(over="ignore"):
+        values = np.where(finite, array, 0.0).astype(np.float32)
     # Values beyond float32 range would become inf in float32: mask those too.
     finite &= np.isfinite(values)
     values[~finite] = 0.0
@@ -259,6 +261,54 @@ def _check_positive(**kwargs) -> None:
     for key, value in kwargs.items():
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}.")
+
+
+class EpochShuffledSource:
+    """Repeats a random-access source `num_epochs` times (None = unbounded), optionally
+    with a fresh seeded permutation every epoch.
+
+    Element `g` is `source[perm_e[g % n]]` with `e = g // n`. The permutation of the most
+    recent epoch is cached (O(n) to build once per epoch), which is much cheaper than a
+    per-element index shuffle for the small sources typical of real series.
+    """
+
+    def __init__(self, source, *, seed: int, shuffle: bool, num_epochs: int | None):
+        self.source = source
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.num_epochs = num_epochs
+        self._n = len(source)
+        self._length = sys.maxsize if num_epochs is None else self._n * int(num_epochs)
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    @property
+    def name(self) -> str:
+        return getattr(self.source, "name", type(self.source).__name__)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        cache = self._cache
+        if cache is not None and cache[0] == epoch:
+            return cache[1]
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self._n)
+        self._cache = (epoch, perm)
+        return perm
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        if not 0 <= index < self._length:
+            raise IndexError(f"index {index} is out of range ({self._length}).")
+        epoch, position = divmod(index, self._n)
+        if self.shuffle:
+            position = int(self._permutation(epoch)[position])
+        return self.source[position]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        return state
 
 
 # ---------------------------------------------------------------------------------------
@@ -516,11 +566,12 @@ def build_timeseries_pipeline(
                 f"Source {source.name!r} yields no windows: its series are shorter than "
                 f"min_length={min_length} or have fewer than {MIN_OBSERVED_PER_WINDOW} finite points."
             )
-        ds = grain.MapDataset.source(source)
-        if shuffle and not isinstance(source, SyntheticWindowSource):
-            ds = ds.shuffle(seed=_derive_seed(seed, i, 2))
-        ds = ds.repeat(num_epochs)
-        datasets.append(ds)
+        # Synthetic series are already i.i.d. draws: no need to shuffle them.
+        repeated = EpochShuffledSource(
+            source, seed=_derive_seed(seed, i, 2), num_epochs=num_epochs,
+            shuffle=shuffle and not isinstance(source, SyntheticWindowSource),
+        )
+        datasets.append(grain.MapDataset.source(repeated))
         weights.append(weight)
         infos.append(SourceInfo(
             name=source.name,

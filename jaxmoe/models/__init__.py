@@ -10,6 +10,7 @@ import importlib
 
 FAMILIES = {
     "lm": "jaxmoe.models.lm",
+    "time_moe": "jaxmoe.models.time_moe",
 }
 
 

@@ -49,9 +49,16 @@ def moe_layer_indices(cfg: ModelConfig) -> list[int]:
 
 
 def _init_mixer(key, kind: str, cfg: ModelConfig):
+    if kind == "attn" and cfg.attention_type == "mla":
+        from jaxmoe.nn import mla
+
+        return mla.init_mla(key, cfg.embed_dim, cfg.num_heads, q_lora_rank=cfg.q_lora_rank,
+                            kv_lora_rank=cfg.kv_lora_rank, qk_nope_head_dim=cfg.qk_nope_head_dim,
+                            qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim, std=cfg.init_std)
     if kind == "attn":
         return attn_lib.init_attention(key, cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_size,
-                                       qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, std=cfg.init_std)
+                                       qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, std=cfg.init_std,
+                                       qk_norm_full=cfg.qk_norm_scope == "full")
     from jaxmoe.models import hybrid
 
     return hybrid.init_ssm_mixer(key, kind, cfg)
@@ -82,6 +89,10 @@ def init_boxed(key, cfg: ModelConfig) -> dict:
             for kind, pk in zip(g.unit, pos_keys)
         ])
     p["final_norm"] = init_rmsnorm(cfg.embed_dim)
+    if cfg.moe.router == "readme":  # Read-ME pre-gating router network (own key: other params unchanged)
+        from jaxmoe.moe import pregate
+
+        p["pregate"] = pregate.init_pregate(jax.random.fold_in(key, 0x5EAD), cfg)
     if not cfg.tie_embeddings:
         p["lm_head"] = {"kernel": param(k["head"], (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
                                         normal(cfg.init_std))}
@@ -107,8 +118,9 @@ def param_axes(cfg: ModelConfig) -> Any:
 def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=None) -> dict:
     """Decode cache: ``{"index": int32, "groups": [[per-position stacked layer caches]]}``.
 
-    Attention layers hold ``k, v [layers, batch, max_len, kv_heads, head_dim]``; SSM layers
-    hold their recurrent states.
+    Attention layers hold ``k, v [layers, batch, max_len, kv_heads, head_dim]`` (MLA layers:
+    ``c_kv [layers, batch, max_len, kv_lora_rank]``, ``k_pe [.., qk_rope_head_dim]``); SSM
+    layers hold their recurrent states.
     """
     max_len = max_len or cfg.max_seq_len
     dtype = dtype or compute_dtype(cfg)
@@ -116,7 +128,11 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=N
     for g in groups(cfg):
         row = []
         for mixer, _ in g.unit:
-            if mixer == "attn":
+            if mixer == "attn" and cfg.attention_type == "mla":
+                from jaxmoe.nn import mla
+
+                one = mla.init_mla_cache(batch, max_len, cfg.kv_lora_rank, cfg.qk_rope_head_dim, dtype)
+            elif mixer == "attn":
                 one = attn_lib.init_kv_cache(batch, max_len, cfg.kv_heads, cfg.head_size, dtype)
             else:
                 from jaxmoe.models import hybrid
@@ -124,16 +140,27 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=N
                 one = hybrid.init_ssm_state(mixer, cfg, batch)
             row.append(jax.tree.map(lambda a: jnp.broadcast_to(a, (g.repeats,) + a.shape), one))
         out.append(row)
-    return {"index": jnp.zeros((), jnp.int32), "groups": out}
+    cache = {"index": jnp.zeros((), jnp.int32), "groups": out}
+    if cfg.moe.router == "readme":  # the pre-gating router's own small KV cache
+        from jaxmoe.moe import pregate
+
+        cache["pregate"] = pregate.init_pregate_cache(cfg, batch, max_len, dtype)
+    return cache
 
 
 # --------------------------------------------------------------------------- forward
 
 
-def _block(p, h, kind, cfg: ModelConfig, positions, layer_cache, cache_index, expert_mask, force_mask):
+def _block(p, h, kind, cfg: ModelConfig, positions, layer_cache, cache_index, expert_mask, force_mask,
+           router_inputs=None):
     mixer, ffn = kind
     x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
-    if mixer == "attn":
+    if mixer == "attn" and cfg.attention_type == "mla":
+        from jaxmoe.nn import mla
+
+        y, new_cache = mla.mla(p["mixer"], x, positions, rope_theta=cfg.rope_theta, cache=layer_cache,
+                               cache_index=cache_index, impl=cfg.attention_impl)
+    elif mixer == "attn":
         y, new_cache = attn_lib.attention(p["mixer"], x, positions, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps,
                                           cache=layer_cache, cache_index=cache_index, impl=cfg.attention_impl)
     else:
@@ -143,7 +170,7 @@ def _block(p, h, kind, cfg: ModelConfig, positions, layer_cache, cache_index, ex
     h = h + y
     x = rmsnorm(p["ffn_norm"], h, cfg.norm_eps)
     if ffn == "moe":
-        y, aux = moe(p["ffn"], x, cfg.moe, expert_mask=expert_mask, force_mask=force_mask)
+        y, aux = moe(p["ffn"], x, cfg.moe, expert_mask=expert_mask, force_mask=force_mask, **(router_inputs or {}))
     else:
         y, aux = swiglu(p["ffn"], x), None
     return h + y, new_cache, aux
@@ -151,7 +178,9 @@ def _block(p, h, kind, cfg: ModelConfig, positions, layer_cache, cache_index, ex
 
 def forward(params, tokens: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
             expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None,
-            return_hidden: bool = False):
+            return_hidden: bool = False, rng: jax.Array | None = None, rank_select: int | None = None,
+            weight_override: jax.Array | None = None, override_mask: jax.Array | None = None,
+            pregate_logits: jax.Array | None = None, return_probs: bool = False):
     """Core forward pass.
 
     Args:
@@ -160,6 +189,15 @@ def forward(params, tokens: jax.Array, cfg: ModelConfig, *, cache: dict | None =
         ``cache["index"]`` and the index advances by ``seq``.
       expert_mask / force_mask: optional ``[num_layers, num_experts]`` bool router inputs
         (False in expert_mask disables an expert; True in force_mask forces it).
+      rng: key for THOR's random experts (split into one key per layer).
+      rank_select: use only the expert ranked ``r`` in every MoE layer (SCMoE weak routing).
+      weight_override: ``[num_layers, batch, seq, num_experts]`` router scores replacing the
+        router's where ``override_mask [num_layers, batch, seq]`` is True (C3PO).
+      pregate_logits: ``[batch, seq, num_experts]`` Read-ME router logits computed ahead
+        (:func:`jaxmoe.moe.pregate.pregate_forward`); by default the pre-gate runs here
+        (with its own KV cache in ``cache["pregate"]``; a given ``pregate_logits`` leaves
+        that cache entry as it is).
+      return_probs: also return ``aux["probs"] [moe_layers, batch*seq, num_experts]``.
     Returns ``(logits [batch, seq, vocab] fp32, aux, new_cache)``; aux has ``aux_loss``,
     ``balance_loss``, ``load [moe_layers, experts]``, ``dropped_frac``, ``expert_ids
     [moe_layers, batch*seq, k]`` (and ``hidden`` if requested).
@@ -169,19 +207,40 @@ def forward(params, tokens: jax.Array, cfg: ModelConfig, *, cache: dict | None =
     index = cache["index"] if cache is not None else jnp.zeros((), jnp.int32)
     positions = jnp.broadcast_to(index + jnp.arange(s, dtype=jnp.int32), (b, s))
     h = embed(params["embed"], tokens, dt)
+    shared_inputs, layer_inputs = {}, {}
+    if rank_select is not None:
+        shared_inputs["rank_select"] = rank_select
+    if return_probs:
+        shared_inputs["return_probs"] = True
+    new_pregate = cache.get("pregate") if cache is not None else None
+    if cfg.moe.router == "readme":
+        if pregate_logits is None:
+            from jaxmoe.moe import pregate
+
+            pregate_logits, new_pregate = pregate.pregate_forward(params["pregate"], tokens, cfg, cache=new_pregate,
+                                                                  index=index)
+        shared_inputs["pregate_logits"] = pregate_logits.reshape(b * s, -1)
+    if rng is not None:
+        layer_inputs["rng"] = jax.random.split(rng, cfg.num_layers)
+    if weight_override is not None:
+        layer_inputs["weight_override"] = weight_override.reshape(cfg.num_layers, b * s, -1)
+        if override_mask is not None:
+            layer_inputs["override_mask"] = override_mask.reshape(cfg.num_layers, b * s)
     new_groups = []
     moe_aux = []  # (layer indices, stacked aux) per MoE unit position
     for gi, g in enumerate(groups(cfg)):
         gparams = params["groups"][gi]
         gcache = cache["groups"][gi] if cache is not None else [None] * len(g.unit)
-        masks = [(take_layers(expert_mask, g.layer_indices(j)), take_layers(force_mask, g.layer_indices(j)))
+        masks = [(take_layers(expert_mask, g.layer_indices(j)), take_layers(force_mask, g.layer_indices(j)),
+                  {key: take_layers(v, g.layer_indices(j)) for key, v in layer_inputs.items()})
                  for j in range(len(g.unit))]
 
         def body(h, xs, g=g):
             lp, lc, lm = xs
             new_c, auxes = [], []
             for j, kind in enumerate(g.unit):
-                h, c, a = _block(lp[j], h, kind, cfg, positions, lc[j], index, lm[j][0], lm[j][1])
+                h, c, a = _block(lp[j], h, kind, cfg, positions, lc[j], index, lm[j][0], lm[j][1],
+                                 {**shared_inputs, **lm[j][2]})
                 new_c.append(c)
                 auxes.append(a)
             return h, (new_c, auxes)
@@ -202,6 +261,8 @@ def forward(params, tokens: jax.Array, cfg: ModelConfig, *, cache: dict | None =
     new_cache = None
     if cache is not None:
         new_cache = {"index": index + s, "groups": new_groups}
+        if new_pregate is not None:
+            new_cache["pregate"] = new_pregate
     return logits.astype(jnp.float32), aux, new_cache
 
 
@@ -219,9 +280,12 @@ def _collect_aux(moe_aux, cfg: ModelConfig) -> dict:
     stack = lambda key: jnp.stack([a[key] for a in per_layer])
     out = {"aux_loss": stack("aux_loss").sum(), "load": stack("load"), "dropped_frac": stack("dropped_frac").mean(),
            "expert_ids": stack("expert_ids")}
-    for key in ("balance_loss", "z_loss"):
+    for key in ("balance_loss", "z_loss", "dynamic_loss"):
         if key in per_layer[0]:
             out[key] = stack(key).mean()
+    for key in ("expert_weights", "expert_valid", "active_experts", "probs"):  # per MoE layer
+        if key in per_layer[0]:
+            out[key] = stack(key)
     return out
 
 
@@ -258,7 +322,14 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None 
 
 
 def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
-    """``batch["tokens"] [batch, seq+1]`` -> ``(loss, metrics)``; loss = CE + router aux losses."""
+    """``batch["tokens"] [batch, seq+1]`` -> ``(loss, metrics)``; loss = CE + router aux losses.
+
+    THOR (``router: thor``) trains with two stochastic passes and a consistency loss
+    (:func:`jaxmoe.models.thor.loss_fn`)."""
+    if cfg.moe.router == "thor":
+        from jaxmoe.models import thor
+
+        return thor.loss_fn(params, batch, cfg, rng)
     del rng
     tokens = batch["tokens"]
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -273,4 +344,8 @@ def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None)
         metrics["load"] = aux["load"]
         metrics["balance_loss"] = aux["balance_loss"]
         metrics["max_load"] = (aux["load"].max(-1) * cfg.moe.num_experts).mean()
+        if cfg.moe.router == "topp":  # variable experts per token
+            metrics["dynamic_loss"] = aux["dynamic_loss"]
+            metrics["active_experts"] = aux["active_experts"].mean()
+            metrics["active_experts_per_layer"] = aux["active_experts"]
     return loss, metrics

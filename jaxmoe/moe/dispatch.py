@@ -12,6 +12,11 @@ All engines compute the same function (up to dropped tokens):
 - :func:`dense`: every expert on every token (a reference for tests).
 
 Expert params: ``gate, up [E, embed, ffn]``, ``down [E, ffn, embed]`` (SwiGLU experts).
+
+Every engine also takes ``activation`` ("silu" = SwiGLU, "relu" = ReGLU, MoE-X's sparse
+ReLU experts) and ``ia3=(v_gate [T, embed], v_up [T, embed], v_down [T, ffn])``: per-token
+IA3 vectors (compressed experts) applied to every computed expert as
+``down((act((x*v_gate) @ G) * ((x*v_up) @ U)) * v_down)``.
 """
 
 from __future__ import annotations
@@ -84,12 +89,22 @@ def sort_assignments(routing: Routing, num_experts: int):
     return order, inv_order, group_sizes
 
 
-def expert_swiglu_grouped(xs: jax.Array, experts: dict, group_sizes: jax.Array, backend: str = "xla") -> jax.Array:
-    """SwiGLU experts on expert-sorted rows ``xs [M, D]`` -> ``[M, D]``."""
+ACTIVATIONS = {"silu": jax.nn.silu, "relu": jax.nn.relu}
+
+
+def expert_swiglu_grouped(xs: jax.Array, experts: dict, group_sizes: jax.Array, backend: str = "xla",
+                          activation: str = "silu", xs_up: jax.Array | None = None,
+                          h_scale: jax.Array | None = None) -> jax.Array:
+    """SwiGLU experts on expert-sorted rows ``xs [M, D]`` -> ``[M, D]``.
+
+    ``xs_up`` (rows fed to ``up`` instead of ``xs``) and ``h_scale [M, ffn]`` (multiplies
+    the hidden activations) implement IA3-modified experts."""
     dt = xs.dtype
     g = gmm(xs, experts["gate"].astype(dt), group_sizes, backend=backend)
-    u = gmm(xs, experts["up"].astype(dt), group_sizes, backend=backend)
-    h = jax.nn.silu(g) * u
+    u = gmm(xs if xs_up is None else xs_up, experts["up"].astype(dt), group_sizes, backend=backend)
+    h = ACTIVATIONS[activation](g) * u
+    if h_scale is not None:
+        h = h * h_scale.astype(dt)
     return gmm(h, experts["down"].astype(dt), group_sizes, backend=backend)
 
 
@@ -105,14 +120,22 @@ def _combine_slots(y_slots: jax.Array, routing: Routing, dtype) -> jax.Array:
 # ---------------------------------------------------------------------------- engines
 
 
-def dropless(x: jax.Array, routing: Routing, experts: dict, *, backend: str = "xla", **_) -> tuple[jax.Array, dict]:
+def dropless(x: jax.Array, routing: Routing, experts: dict, *, backend: str = "xla", activation: str = "silu",
+             ia3=None, **_) -> tuple[jax.Array, dict]:
     """Sort by expert -> grouped matmul -> unsort -> weighted sum. ``x [T, D]``."""
     t, d = x.shape
     k = routing.expert_ids.shape[1]
     num_experts = experts["gate"].shape[0]
     order, inv_order, group_sizes = sort_assignments(routing, num_experts)
-    xs = expand_sorted(x, order, inv_order, k)
-    ys = expert_swiglu_grouped(xs, experts, group_sizes, backend)
+    if ia3 is None:
+        xs = expand_sorted(x, order, inv_order, k)
+        ys = expert_swiglu_grouped(xs, experts, group_sizes, backend, activation)
+    else:
+        v_gate, v_up, v_down = ia3
+        xs = expand_sorted(x * v_gate.astype(x.dtype), order, inv_order, k)
+        xs_up = expand_sorted(x * v_up.astype(x.dtype), order, inv_order, k)
+        h_scale = expand_sorted(v_down.astype(x.dtype), order, inv_order, k)
+        ys = expert_swiglu_grouped(xs, experts, group_sizes, backend, activation, xs_up, h_scale)
     y_slots = permute_rows(ys, inv_order, order).reshape(t, k, d)
     return _combine_slots(y_slots, routing, x.dtype), {"dropped_frac": jnp.float32(0.0)}
 
@@ -121,7 +144,8 @@ def expert_capacity(num_tokens: int, k: int, num_experts: int, capacity_factor: 
     return max(1, int(math.ceil(capacity_factor * num_tokens * k / num_experts)))
 
 
-def capacity(x: jax.Array, routing: Routing, experts: dict, *, capacity_factor: float = 1.25, **_) -> tuple[jax.Array, dict]:
+def capacity(x: jax.Array, routing: Routing, experts: dict, *, capacity_factor: float = 1.25, activation: str = "silu",
+             ia3=None, **_) -> tuple[jax.Array, dict]:
     """GShard capacity dispatch. ``x [T, D]``; returns ``(y, {"dropped_frac"})``."""
     t, d = x.shape
     k = routing.expert_ids.shape[1]
@@ -139,20 +163,35 @@ def capacity(x: jax.Array, routing: Routing, experts: dict, *, capacity_factor: 
     combine = (disp.astype(jnp.float32) * w[:, :, None, None]).sum(1)  # [T, E, C]
     xin = jnp.einsum("tec,td->ecd", dispatch_mask, x)
     dt = x.dtype
-    h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", xin, experts["gate"].astype(dt))) * jnp.einsum(
-        "ecd,edf->ecf", xin, experts["up"].astype(dt))
+    act = ACTIVATIONS[activation]
+    if ia3 is None:
+        h = act(jnp.einsum("ecd,edf->ecf", xin, experts["gate"].astype(dt))) * jnp.einsum(
+            "ecd,edf->ecf", xin, experts["up"].astype(dt))
+    else:
+        v_gate, v_up, v_down = (v.astype(dt) for v in ia3)
+        xg = jnp.einsum("tec,td->ecd", dispatch_mask, x * v_gate)
+        xu = jnp.einsum("tec,td->ecd", dispatch_mask, x * v_up)
+        h = act(jnp.einsum("ecd,edf->ecf", xg, experts["gate"].astype(dt))) * jnp.einsum(
+            "ecd,edf->ecf", xu, experts["up"].astype(dt))
+        h = h * jnp.einsum("tec,tf->ecf", dispatch_mask, v_down)
     yout = jnp.einsum("ecf,efd->ecd", h, experts["down"].astype(dt))
     y = jnp.einsum("tec,ecd->td", combine, yout.astype(jnp.float32)).astype(dt)
     dropped = 1.0 - keep.sum() / jnp.maximum(valid.sum(), 1)
     return y, {"dropped_frac": dropped.astype(jnp.float32)}
 
 
-def dense(x: jax.Array, routing: Routing, experts: dict, **_) -> tuple[jax.Array, dict]:
+def dense(x: jax.Array, routing: Routing, experts: dict, *, activation: str = "silu", ia3=None,
+          **_) -> tuple[jax.Array, dict]:
     """Every expert on every token, weighted by the routing (reference; O(E) compute)."""
     e = experts["gate"].shape[0]
     dt = x.dtype
-    h = jax.nn.silu(jnp.einsum("td,edf->etf", x, experts["gate"].astype(dt))) * jnp.einsum(
-        "td,edf->etf", x, experts["up"].astype(dt))
+    xg = xu = x
+    if ia3 is not None:
+        xg, xu = x * ia3[0].astype(dt), x * ia3[1].astype(dt)
+    h = ACTIVATIONS[activation](jnp.einsum("td,edf->etf", xg, experts["gate"].astype(dt))) * jnp.einsum(
+        "td,edf->etf", xu, experts["up"].astype(dt))
+    if ia3 is not None:
+        h = h * ia3[2].astype(dt)[None]
     y_all = jnp.einsum("etf,efd->etd", h, experts["down"].astype(dt))
     w = routing.weights
     if routing.valid is not None:

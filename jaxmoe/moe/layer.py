@@ -6,6 +6,11 @@ Params::
     experts: gate, up [experts, embed, expert_ffn]; down [experts, expert_ffn, embed]
     shared:  SwiGLU of width num_shared_experts * shared_ffn_dim       (optional)
     shared_gate: kernel [embed, 1]  (Qwen2-MoE sigmoid gate)           (optional)
+    compressed: e_gate, e_up [experts, embed]; e_down [experts, expert_ffn]  (IA3 vectors of
+                compressed experts, init ones; when num_compressed_experts > 0)
+
+Router variants (top-p, THOR, Read-ME, MoE-X) and inference-time interventions (masks,
+rank selection, weight overrides) are router options/inputs; the layer does not fork.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxmoe.config import MoEConfig
-from jaxmoe.moe import losses
+from jaxmoe.moe import expert_parallel, losses
 from jaxmoe.moe.dispatch import ENGINES
 from jaxmoe.moe.gmm import resolve_backend
 from jaxmoe.moe.router import Routing, init_router, route
-from jaxmoe.nn.init import normal, param, split
+from jaxmoe.nn.init import normal, ones, param, split
 from jaxmoe.nn.layers import init_swiglu, swiglu
 
 
@@ -47,11 +52,34 @@ def init_moe(key, embed_dim: int, cfg: MoEConfig, std: float = 0.02) -> dict:
         p["shared"] = init_swiglu(k["shared"], embed_dim, shared_width(cfg), std)
         if cfg.shared_expert_gate:
             p["shared_gate"] = {"kernel": param(k["shared_gate"], (embed_dim, 1), ("embed", None), normal(std))}
+    if cfg.num_compressed_experts:
+        e, f = cfg.num_experts, cfg.expert_ffn_dim
+        p["compressed"] = {"e_gate": param(key, (e, embed_dim), ("expert", "embed"), ones),
+                           "e_up": param(key, (e, embed_dim), ("expert", "embed"), ones),
+                           "e_down": param(key, (e, f), ("expert", "expert_mlp"), ones)}
     return p
 
 
-def aux_losses(routing: Routing, cfg: MoEConfig, batch_shape: tuple[int, int]) -> dict[str, jax.Array]:
-    """Unweighted router losses and their weighted sum ``aux_loss``."""
+def compressed_split(routing: Routing, cfg: MoEConfig, compressed: dict):
+    """Compressed experts: the first ``k - n`` routed experts are computed; the last ``n``
+    ("auxiliary") are not. Their IA3 triples are averaged with their routing weights
+    renormalised among themselves -> ``(main routing, (v_gate [T, D], v_up [T, D],
+    v_down [T, F]))``."""
+    n = cfg.num_compressed_experts
+    k = routing.expert_ids.shape[1]
+    aux_ids, aux_w = routing.expert_ids[:, k - n:], routing.weights[:, k - n:].astype(jnp.float32)
+    aux_w = aux_w / jnp.maximum(aux_w.sum(-1, keepdims=True), 1e-20)
+    mix = lambda table: jnp.einsum("tn,tnd->td", aux_w, jnp.take(table.astype(jnp.float32), aux_ids, axis=0))
+    ia3 = (mix(compressed["e_gate"]), mix(compressed["e_up"]), mix(compressed["e_down"]))
+    main = routing.replace(expert_ids=routing.expert_ids[:, :k - n], weights=routing.weights[:, :k - n],
+                           valid=None if routing.valid is None else routing.valid[:, :k - n])
+    return main, ia3
+
+
+def aux_losses(routing: Routing, cfg: MoEConfig, batch_shape: tuple[int, int],
+               num_groups: int | None = None) -> dict[str, jax.Array]:
+    """Unweighted router losses and their weighted sum ``aux_loss``. ``num_groups``: expert-
+    parallel device groups for the device-level balance loss (default: the active mesh's)."""
     n, k = cfg.num_experts, routing.expert_ids.shape[-1]
     out: dict[str, jax.Array] = {}
     total = jnp.float32(0.0)
@@ -73,40 +101,86 @@ def aux_losses(routing: Routing, cfg: MoEConfig, batch_shape: tuple[int, int]) -
         z = losses.router_z_loss(routing.logits)
         out["z_loss"] = z
         total = total + cfg.z_loss_coef * z
+    groups = expert_parallel.expert_groups() if num_groups is None else num_groups
+    if cfg.device_balance_coef and groups > 1:  # DeepSeekMoE device-level balance over expert-parallel groups
+        dev = losses.device_balance_loss(routing.probs, routing.expert_ids, n, k, groups, routing.valid)
+        out["device_balance_loss"] = dev
+        total = total + cfg.device_balance_coef * dev
+    if cfg.router == "topp":
+        dyn = losses.routing_entropy(routing.probs)
+        out["dynamic_loss"] = dyn
+        total = total + cfg.dynamic_loss_coef * dyn
     out["aux_loss"] = total
     return out
 
 
 def moe(params, x: jax.Array, cfg: MoEConfig, *, expert_mask: jax.Array | None = None,
         force_mask: jax.Array | None = None, routing: Routing | None = None,
-        dispatch: str | None = None) -> tuple[jax.Array, dict[str, Any]]:
+        dispatch: str | None = None, rng: jax.Array | None = None, rank_select: int | None = None,
+        weight_override: jax.Array | None = None, override_mask: jax.Array | None = None,
+        pregate_logits: jax.Array | None = None, return_probs: bool = False) -> tuple[jax.Array, dict[str, Any]]:
     """MoE FFN on ``x [batch, seq, embed]``.
 
     Returns ``(y [batch, seq, embed], aux)`` where aux holds ``aux_loss`` (weighted sum of
-    router losses), ``balance_loss``/``z_loss`` (unweighted), ``load [experts]`` (fraction
-    of assignments per expert), ``dropped_frac`` and ``expert_ids [batch*seq, k]``.
+    router losses), ``balance_loss``/``z_loss``/``dynamic_loss`` (unweighted), ``load
+    [experts]`` (fraction of assignments per expert), ``dropped_frac``, ``expert_ids
+    [batch*seq, k]``, ``expert_weights [batch*seq, k]``, ``expert_valid [batch*seq, k]``,
+    ``active_experts`` (mean experts per token) and, if ``return_probs``, ``probs
+    [batch*seq, experts]``.
     ``routing`` may be given to bypass the router (tests, pre-gated routers).
+
+    Router inputs: ``expert_mask``/``force_mask [experts]``, ``rng`` (THOR),
+    ``rank_select`` (SCMoE weak routing), ``weight_override [batch*seq, experts]`` with
+    ``override_mask [batch*seq]`` (C3PO), ``pregate_logits [batch*seq, experts]`` (Read-ME).
     """
     b, s, d = x.shape
     xt = x.reshape(b * s, d)
     if routing is None:
-        routing = route(params["router"], xt, cfg, expert_mask=expert_mask, force_mask=force_mask)
+        inputs = dict(expert_mask=expert_mask, force_mask=force_mask, rng=rng, rank_select=rank_select,
+                      weight_override=weight_override, override_mask=override_mask, pregate_logits=pregate_logits)
+        inputs = {key: v for key, v in inputs.items() if v is not None}
+        if cfg.router == "moex":
+            inputs["experts"] = params["experts"]
+        if cfg.router == "thor":
+            inputs["batch_shape"] = (b, s)
+        routing = route(params["router"], xt, cfg, **inputs)
+    full_routing = routing
+    ia3 = None
+    if cfg.num_compressed_experts and rank_select is None:
+        routing, ia3 = compressed_split(routing, cfg, params["compressed"])
     engine_name = dispatch or cfg.dispatch
     try:
         engine = ENGINES[engine_name]
     except KeyError:
         raise ValueError(f"dispatch engine {engine_name!r} is not available; choose one of {', '.join(ENGINES)}.") from None
-    y, stats = engine(xt, routing, params["experts"], backend=resolve_backend(cfg.gmm_backend),
-                      capacity_factor=cfg.capacity_factor)
+    extra = {} if ia3 is None else {"ia3": ia3}
+    if cfg.expert_activation != "silu":
+        extra["activation"] = cfg.expert_activation
+    ep_out = None
+    if ia3 is None:  # expert parallelism under a multi-device mesh (jaxmoe.parallel.sharding.use_mesh)
+        ep_out = expert_parallel.maybe_expert_parallel(x, routing, params["experts"], cfg, engine_name,
+                                                       backend=resolve_backend(cfg.gmm_backend),
+                                                       activation=cfg.expert_activation)
+    if ep_out is not None:
+        y, stats = ep_out
+    else:
+        y, stats = engine(xt, routing, params["experts"], backend=resolve_backend(cfg.gmm_backend),
+                          capacity_factor=cfg.capacity_factor, **extra)
     if "shared" in params:
         ys = swiglu(params["shared"], xt)
         if "shared_gate" in params:
             gate = jax.nn.sigmoid(xt.astype(jnp.float32) @ params["shared_gate"]["kernel"].astype(jnp.float32))
             ys = (ys.astype(jnp.float32) * gate).astype(ys.dtype)
         y = y + ys
-    aux = aux_losses(routing, cfg, (b, s))
+    aux = aux_losses(full_routing, cfg, (b, s))
     counts = losses.expert_counts(routing.expert_ids, cfg.num_experts, routing.valid)
     aux["load"] = counts / jnp.maximum(counts.sum(), 1.0)
     aux["dropped_frac"] = stats["dropped_frac"]
     aux["expert_ids"] = routing.expert_ids
+    valid = routing.valid if routing.valid is not None else jnp.ones(routing.expert_ids.shape, jnp.bool_)
+    aux["expert_weights"] = routing.weights
+    aux["expert_valid"] = valid
+    aux["active_experts"] = valid.sum(-1).astype(jnp.float32).mean()
+    if return_probs:
+        aux["probs"] = full_routing.probs
     return y.reshape(b, s, d), aux

@@ -6,7 +6,8 @@ Params (logical axes in brackets)::
     k: kernel [embed, kv_heads, head_dim]   (+ bias)
     v: kernel [embed, kv_heads, head_dim]   (+ bias)
     o: kernel [heads, head_dim, embed]
-    q_norm / k_norm: scale [head_dim]        (QK-norm, optional)
+    q_norm / k_norm: scale [head_dim]        (QK-norm, optional; [heads, head_dim] when over the
+                                             whole projection, as in OLMoE)
 
 The cache of one layer is ``{"k": [batch, max_len, kv_heads, head_dim], "v": ...}``.
 With a cache, the new keys/values are written at ``cache_index`` and the queries attend
@@ -21,13 +22,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxmoe.nn.init import normal, param, split, zeros
+from jaxmoe.nn.init import normal, ones, param, split, zeros
 from jaxmoe.nn.layers import init_rmsnorm, rmsnorm
 from jaxmoe.nn.rope import apply_rope
 
 
 def init_attention(key, embed_dim: int, num_heads: int, kv_heads: int, head_dim: int, *,
-                   qkv_bias: bool = False, qk_norm: bool = False, std: float = 0.02) -> dict:
+                   qkv_bias: bool = False, qk_norm: bool = False, std: float = 0.02,
+                   qk_norm_full: bool = False) -> dict:
     k = split(key, ["q", "k", "v", "o", "qb", "kb", "vb"])
     p = {
         "q": {"kernel": param(k["q"], (embed_dim, num_heads, head_dim), ("embed", "heads", "head_dim"), normal(std))},
@@ -39,10 +41,22 @@ def init_attention(key, embed_dim: int, num_heads: int, kv_heads: int, head_dim:
         p["q"]["bias"] = param(k["qb"], (num_heads, head_dim), ("heads", "head_dim"), zeros)
         p["k"]["bias"] = param(k["kb"], (kv_heads, head_dim), ("kv_heads", "head_dim"), zeros)
         p["v"]["bias"] = param(k["vb"], (kv_heads, head_dim), ("kv_heads", "head_dim"), zeros)
-    if qk_norm:
+    if qk_norm and qk_norm_full:  # OLMoE: one RMSNorm over the whole q (k) projection
+        p["q_norm"] = {"scale": param(k["q"], (num_heads, head_dim), ("heads", "head_dim"), ones)}
+        p["k_norm"] = {"scale": param(k["k"], (kv_heads, head_dim), ("kv_heads", "head_dim"), ones)}
+    elif qk_norm:
         p["q_norm"] = init_rmsnorm(head_dim, "head_dim")
         p["k_norm"] = init_rmsnorm(head_dim, "head_dim")
     return p
+
+
+def _qk_norm(p, x, eps):
+    """Per-head RMSNorm (scale ``[head_dim]``) or, for a ``[heads, head_dim]`` scale, one
+    RMSNorm over all heads of a token (OLMoE)."""
+    if p["scale"].ndim == 1:
+        return rmsnorm(p, x, eps)
+    b, s, h, d = x.shape
+    return rmsnorm({"scale": p["scale"].reshape(h * d)}, x.reshape(b, s, h * d), eps).reshape(b, s, h, d)
 
 
 def _project(p, x):
@@ -88,8 +102,8 @@ def attention(params, x: jax.Array, positions: jax.Array, *, rope_theta: float =
     k = _project(params["k"], x)
     v = _project(params["v"], x)
     if "q_norm" in params:
-        q = rmsnorm(params["q_norm"], q, norm_eps)
-        k = rmsnorm(params["k_norm"], k, norm_eps)
+        q = _qk_norm(params["q_norm"], q, norm_eps)
+        k = _qk_norm(params["k_norm"], k, norm_eps)
     q = apply_rope(q, positions, rope_theta)
     k = apply_rope(k, positions, rope_theta)
     head_dim = q.shape[-1]

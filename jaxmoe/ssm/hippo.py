@@ -70,7 +70,7 @@ def hippo_legt(state_size: int, theta: float = 1.0) -> tuple[np.ndarray, np.ndar
     return a, b
 
 
-def hippo(measure: str, state_size: int) -> tuple[np.ndarray, np.ndarray]:
+def hippo_matrices(measure: str, state_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(A [N, N], B [N])`` of the named HiPPO measure (``"legs"`` or ``"legt"``)."""
     if measure == "legs":
         return hippo_legs(state_size)
@@ -261,7 +261,7 @@ __all__ = [
     "DIAGONAL_INITS",
     "hippo_legs",
     "hippo_legt",
-    "hippo",
+    "hippo_matrices",
     "legs_normal_plus_low_rank",
     "legs_dplr",
     "diagonal_init",

@@ -35,14 +35,14 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxmoe.nn.init import fan_in_normal, normal, ones, param, split, unbox, zeros
-from jaxmoe.ssm.hippo import MEASURES, array_init, discretize, hippo, log_uniform_dt_init
-from jaxmoe.ssm.scan import causal_conv_fft, krylov, linear_recurrence
+from jaxmoe.ssm.hippo import MEASURES, array_init, discretize, hippo_matrices, log_uniform_dt_init
+from jaxmoe.ssm.scan import krylov, lti_ssm
 
 A_MODES = ("fixed", "shared", "per_feature")
 LSSL_MODES = ("recurrent", "convolution", "parallel")
+_LTI_MODE = {"recurrent": "scan", "convolution": "conv", "parallel": "assoc"}
 
 
 def init_lssl(
@@ -84,7 +84,7 @@ def init_lssl(
         "out_bias": param(key, (h,), ("embed",), zeros),
     }
     if a_mode != "fixed":
-        a, b = hippo(measure, n)
+        a, b = hippo_matrices(measure, n)
         if a_mode == "shared":
             params["A"] = param(key, (n, n), ("state", None), array_init(a))
             params["B"] = param(key, (n,), ("state",), array_init(b))
@@ -123,7 +123,7 @@ def discretize_lssl(params: dict, *, measure: str = "legs", discretization: floa
     if "A" in params:
         a, b = params["A"].astype(jnp.float32), params["B"].astype(jnp.float32)
     else:
-        a_np, b_np = hippo(measure, n)
+        a_np, b_np = hippo_matrices(measure, n)
         a, b = jnp.asarray(a_np, jnp.float32), jnp.asarray(b_np, jnp.float32)
     dt = jnp.exp(params["log_dt"].astype(jnp.float32))
     per_feature = a.ndim == 3
@@ -172,7 +172,7 @@ def lssl_ssm(
     params = unbox(params)
     _check_input(u, params, "lssl", 3)
     u32 = u.astype(jnp.float32)
-    batch, length, h = u.shape
+    batch, _, h = u.shape
     c = params["C"].astype(jnp.float32)
     d = params["D"].astype(jnp.float32)
     a_bar, b_bar = discretize_lssl(params, measure=measure, discretization=discretization)
@@ -181,31 +181,8 @@ def lssl_ssm(
     if h0 is not None and h0.shape != (batch, h, n):
         raise ValueError(f"lssl: state['ssm'] must be [batch, embed, state] = {(batch, h, n)}, got {h0.shape}.")
 
-    if mode == "recurrent":
-        def step(x, u_t):  # x [B, H, N], u_t [B, H]
-            x = jnp.einsum("hnm,bhm->bhn", a_bar, x) + b_bar * u_t[..., None]
-            return x, x
-
-        init = jnp.zeros((batch, h, n), jnp.float32) if h0 is None else h0
-        last, xs = lax.scan(step, init, jnp.swapaxes(u32, 0, 1))
-        y = jnp.einsum("lbhn,hn->blh", xs, c)
-    elif mode == "parallel":
-        a = jnp.broadcast_to(a_bar, (1, length, h, n, n))
-        xs = linear_recurrence(a, b_bar * u32[..., None], h0, axis=1, mode="assoc", matrix=True)
-        last = xs[:, -1]
-        y = jnp.einsum("blhn,hn->blh", xs, c)
-    else:  # convolution
-        powers = krylov(a_bar, b_bar, length)  # [H, L, N]: A_bar^l B_bar
-        kernel = jnp.einsum("hln,hn->lh", powers, c)
-        y = causal_conv_fft(u32, kernel[None], axis=1)
-        # final state x_{L-1} = sum_l A_bar^l B_bar u_{L-1-l}
-        last = jnp.einsum("hln,blh->bhn", powers, jnp.flip(u32, 1))
-        if h0 is not None:
-            # x_k gains A_bar^{k+1} h0
-            h0_powers = krylov(a_bar, jnp.einsum("hnm,bhm->bhn", a_bar, h0), length)  # [B, H, L, N]
-            y = y + jnp.einsum("bhln,hn->blh", h0_powers, c)
-            last = last + h0_powers[:, :, -1]
-    return y + d * u32, {"ssm": last}
+    y, last = lti_ssm(a_bar, b_bar, c, d, u32, mode=_LTI_MODE[mode], h0=h0)
+    return y, {"ssm": last}
 
 
 def _output(params: dict, y: jax.Array, dropout_rate: float, rng: jax.Array | None) -> jax.Array:

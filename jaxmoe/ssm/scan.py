@@ -239,3 +239,70 @@ def causal_conv_fft(u: jax.Array, kernel: jax.Array, *, axis: int = 1) -> jax.Ar
     else:
         y = jnp.fft.irfft(jnp.fft.rfft(u, n=n, axis=axis) * jnp.fft.rfft(kernel, n=n, axis=axis), n=n, axis=axis)
     return lax.slice_in_dim(y, 0, length, axis=axis)
+
+
+LTI_MODES = ("scan", "assoc", "conv")
+
+
+def lti_ssm(
+    a: jax.Array,
+    b: jax.Array,
+    c: jax.Array,
+    d: jax.Array,
+    u: jax.Array,
+    *,
+    mode: str = "conv",
+    h0: jax.Array | None = None,
+):
+    """Per-channel (SISO) discrete time-invariant SSM in one of three equivalent views.
+
+    ``x_k = A_h x_{k-1} + B_h u_k``, ``y_k = C_h . x_k + D_h u_k`` for every channel ``h``.
+
+    Args:
+      a: ``[H, N, N]`` discrete transition per channel.
+      b, c: ``[H, N]``.
+      d: ``[H]``.
+      u: ``[batch, seq, H]``.
+      mode: ``"scan"`` (``lax.scan``), ``"assoc"`` (matrix-valued associative scan; memory
+        ``seq * H * N^2``) or ``"conv"`` (Krylov kernel ``C A^l B`` + causal FFT conv).
+      h0: optional initial state ``[batch, H, N]``.
+
+    Returns:
+      ``(y [batch, seq, H], final state [batch, H, N])`` in ``u``'s dtype.
+    """
+    if mode not in LTI_MODES:
+        raise ValueError(f"lti_ssm: mode must be one of {LTI_MODES}, got {mode!r}.")
+    batch, length, h = u.shape
+    n = a.shape[-1]
+    if a.shape != (h, n, n) or b.shape != (h, n) or c.shape != (h, n) or d.shape != (h,):
+        raise ValueError(
+            f"lti_ssm: need a [H, N, N], b [H, N], c [H, N], d [H] with H = {h}; got "
+            f"{a.shape}, {b.shape}, {c.shape}, {d.shape}."
+        )
+    if h0 is not None and h0.shape != (batch, h, n):
+        raise ValueError(f"lti_ssm: initial state must be [batch, H, N] = {(batch, h, n)}, got {h0.shape}.")
+
+    if mode == "scan":
+        def step(x, u_t):  # x [B, H, N], u_t [B, H]
+            x = jnp.einsum("hnm,bhm->bhn", a, x) + b * u_t[..., None]
+            return x, x
+
+        init = jnp.zeros((batch, h, n), u.dtype) if h0 is None else h0
+        last, xs = lax.scan(step, init, jnp.swapaxes(u, 0, 1))
+        y = jnp.einsum("lbhn,hn->blh", xs, c)
+    elif mode == "assoc":
+        xs = linear_recurrence(
+            jnp.broadcast_to(a, (1, length, h, n, n)), b * u[..., None], h0, axis=1, mode="assoc", matrix=True
+        )
+        last = xs[:, -1]
+        y = jnp.einsum("blhn,hn->blh", xs, c)
+    else:
+        powers = krylov(a, b, length)  # [H, L, N]: A^l B
+        y = causal_conv_fft(u, jnp.einsum("hln,hn->lh", powers, c)[None], axis=1)
+        last = jnp.einsum("hln,blh->bhn", powers, jnp.flip(u, 1))  # sum_l A^l B u_{L-1-l}
+        if h0 is not None:
+            # the initial state adds A^{k+1} h0 to x_k
+            h0_powers = krylov(a, jnp.einsum("hnm,bhm->bhn", a, h0), length)  # [B, H, L, N]
+            y = y + jnp.einsum("bhln,hn->blh", h0_powers, c)
+            last = last + h0_powers[:, :, -1]
+    return y + d * u, last

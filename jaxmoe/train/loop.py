@@ -9,6 +9,8 @@ step and the data iterator position, so a resumed run reproduces the uninterrupt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import math
@@ -22,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmoe.config import Config
+from jaxmoe.parallel import mesh as mesh_lib
+from jaxmoe.parallel import sharding as shard_lib
 from jaxmoe.train import checkpoint as ckpt
 from jaxmoe.train.metrics import JsonlWriter, plot_expert_load, plot_training, read_jsonl, truncate_after_step
 from jaxmoe.train.optimizer import learning_rate_schedule, make_optimizer
@@ -88,6 +92,56 @@ def evaluate(eval_step, params, pipeline, num_batches: int) -> float | None:
     return float(np.mean(losses)) if losses else None
 
 
+def _step_relevant(tcfg):
+    """The train config with fields that do not affect the jitted step normalised away."""
+    return dataclasses.replace(tcfg, output_dir="", seed=0, batch_size=1, log_every=1, eval_every=0,
+                               eval_batches=1, checkpoint_every=0, keep_checkpoints=1, progress=False,
+                               tensorboard=False, nonfinite_policy="skip", max_consecutive_skips=1)
+
+
+def _under_mesh(fn, mesh, mesh_cfg):
+    """``fn`` whose tracing happens with ``mesh`` active (model code reads it at trace time)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with shard_lib.use_mesh_config(mesh, mesh_cfg):
+            return fn(*args)
+
+    return wrapped
+
+
+def train_state_shardings(cfg: Config, mesh, task=None):
+    """``NamedSharding`` tree of the train state on ``mesh`` (params by the logical-axis rules,
+    optimizer moments mirror params, counters replicated)."""
+    task = task or make_task(cfg, with_data=False)
+    return shard_lib.state_shardings(abstract_train_state(cfg, task), _param_axes(task), mesh,
+                                     shard_lib.rules_from_config(cfg.mesh))
+
+
+def _param_axes(task):
+    from jaxmoe.nn.init import logical_axes
+
+    return logical_axes(task.init_boxed, jax.random.PRNGKey(0))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_steps(model_cfg, train_cfg, mesh_cfg=None, mesh=None):
+    """Jitted train/eval steps (and the state shardings), cached per (model, train, mesh)
+    so repeated ``train`` calls in one process (tests, notebooks, sweeps) reuse the compiled
+    executables. The steps trace under ``mesh`` and keep the state sharded."""
+    cfg = Config(model=model_cfg, train=train_cfg, mesh=mesh_cfg or Config().mesh)
+    task = make_task(cfg, with_data=False)
+    tx = make_optimizer(train_cfg)
+    if mesh is None:
+        step = jax.jit(make_train_step(task.loss_fn, tx, learning_rate_schedule(train_cfg)), donate_argnums=0)
+        return step, jax.jit(make_eval_step(task.loss_fn)), None
+    state_sh = train_state_shardings(cfg, mesh, task)
+    step = jax.jit(_under_mesh(make_train_step(task.loss_fn, tx, learning_rate_schedule(train_cfg)), mesh, mesh_cfg),
+                   out_shardings=(state_sh, shard_lib.replicated(mesh)), donate_argnums=0)
+    eval_jit = jax.jit(_under_mesh(make_eval_step(task.loss_fn), mesh, mesh_cfg))
+    return step, eval_jit, state_sh
+
+
 def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict], dict] | None = None) -> dict:
     """Train according to ``cfg``; returns a summary dict (also written to summary.json).
 
@@ -95,6 +149,9 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
     """
     tcfg = cfg.train
     run_dir = Path(tcfg.output_dir)
+    mesh = mesh_lib.mesh_from_config(cfg)  # validates the mesh against devices and model
+    rules = shard_lib.rules_from_config(cfg.mesh)
+    step_fn, eval_jit, state_sh = _compiled_steps(cfg.model, _step_relevant(tcfg), cfg.mesh, mesh)
     task = make_task(cfg)
     tx = make_optimizer(tcfg)
     schedule = learning_rate_schedule(tcfg)
@@ -110,26 +167,34 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
         if diffs:
             raise ckpt.CheckpointError(f"the checkpoint in {run_dir} was made with another model config: "
                                        f"{'; '.join(diffs)}.")
-        state, data_state, _ = ckpt.restore(manager, abstract_train_state(cfg, task))
+        # restore straight into this run's shardings (the checkpoint may come from another mesh)
+        target = shard_lib.with_shardings(abstract_train_state(cfg, task), state_sh)
+        state, data_state, _ = ckpt.restore(manager, target)
         train_iter.set_state(data_state)
         truncate_after_step(run_dir / "metrics.jsonl", int(state.step))
         log.info("resumed from step %d", int(state.step))
     else:
         if resume:
             log.warning("no checkpoint in %s: starting from scratch", run_dir)
-        state = jax.jit(lambda k: TrainState.create(task.init(k), tx, tcfg.seed))(jax.random.PRNGKey(tcfg.seed))
+        # created directly sharded: every device builds only its own shards
+        state = jax.jit(lambda k: TrainState.create(task.init(k), tx, tcfg.seed),
+                        out_shardings=state_sh)(jax.random.PRNGKey(tcfg.seed))
     ckpt.write_config(run_dir, cfg)
 
-    step_fn = jax.jit(make_train_step(task.loss_fn, tx, schedule), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(task.loss_fn))
-    writer = JsonlWriter(run_dir / "metrics.jsonl")
+    eval_step = lambda params, batch: eval_jit(params, shard_lib.shard_batch(batch, mesh, rules))
+    primary = jax.process_index() == 0
+    writer = JsonlWriter(run_dir / ("metrics.jsonl" if primary else f"metrics.process{jax.process_index()}.jsonl"))
     start = int(state.step)
     summary: dict[str, Any] = {"run_dir": str(run_dir.absolute()), "start_step": start, "interrupted": False,
                                "skipped_steps": 0}
     best_eval = math.inf
     last_saved = start if (resume and latest is not None) else -1
     stopper = _StopRequest()
-    bar = _progress(tcfg.steps, start, tcfg.progress)
+    bar = _progress(tcfg.steps, start, tcfg.progress and primary)
+    summary["mesh"] = mesh_lib.describe(mesh)
+    if shard_lib.mesh_size(mesh) > 1:
+        bar.set_description(f"mesh {summary['mesh']}", refresh=False)
+        log.info("mesh: %s", summary["mesh"])
     t_last, tokens_since = time.perf_counter(), 0
     last_load = None
     t0 = time.perf_counter()
@@ -148,7 +213,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                 batch = next(train_iter)
                 if batch_hook is not None:
                     batch = batch_hook(step, batch)
-                state, metrics = step_fn(state, batch)
+                state, metrics = step_fn(state, shard_lib.shard_batch(batch, mesh, rules))
                 done = step + 1
                 tokens_since += task.tokens_per_batch
                 skipped = int(metrics["skipped"])

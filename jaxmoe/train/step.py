@@ -38,7 +38,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
         )
         metrics = dict(metrics)
         metrics["loss"] = loss
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["skipped"] = (~finite).astype(jnp.int32)
         if schedule is not None:
             metrics["lr"] = schedule(state.step)

@@ -1,0 +1,94 @@
+"""``jaxmoe`` command line: ``jaxmoe <command> [options]``.
+
+Each command lives in ``jaxmoe/commands/<name>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``; this file only dispatches. Errors the user can fix are printed as
+one line (``error: ...``) with a non-zero exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+COMMANDS = {
+    "train": ("jaxmoe.commands.train", "train a model from a YAML config"),
+    "generate": ("jaxmoe.commands.generate", "generate text from a trained language model"),
+    "info": ("jaxmoe.commands.info", "show devices, mesh, parameter counts and memory for a config"),
+    "forecast": ("jaxmoe.commands.forecast", "forecast a CSV/Parquet column with a time-series model"),
+    "evaluate": ("jaxmoe.commands.evaluate", "evaluate a forecaster on real series beside baselines"),
+    "export": ("jaxmoe.commands.export", "export a checkpoint to a Hugging Face directory"),
+    "import": ("jaxmoe.commands.import_hf", "import a Hugging Face directory as a jaxmoe checkpoint"),
+    "experts": ("jaxmoe.commands.experts", "profile expert activations (MoTE)"),
+    "remix": ("jaxmoe.commands.remix", "C3PO test-time re-mixing of routing weights"),
+}
+
+
+class UserError(Exception):
+    """An error with a one-sentence message for the user."""
+
+
+def _user_errors():
+    from jaxmoe.config import ConfigError
+
+    errs = [UserError, ConfigError, FileNotFoundError]
+    for mod, name in [("jaxmoe.train.checkpoint", "CheckpointError"), ("jaxmoe.train.loop", "TrainingError"),
+                      ("jaxmoe.data.text", "DataError"), ("jaxmoe.data.real_series", "SeriesError")]:
+        try:
+            errs.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errs)
+
+
+def _quiet_logs(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    for name in ("absl", "orbax", "jax._src", "grain"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
+    except ImportError:
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxmoe", description="Sparse Mixture-of-Experts sequence models in JAX.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue  # command not built yet
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    _quiet_logs(args.verbose)
+    errors = _user_errors()
+    try:
+        return int(args._run(args) or 0)
+    except errors as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

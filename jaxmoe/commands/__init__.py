@@ -1,0 +1,1 @@
+"""One module per ``jaxmoe`` sub-command (``add_arguments`` + ``run``)."""

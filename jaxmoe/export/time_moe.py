@@ -1,0 +1,418 @@
+"""Time-MoE <-> Hugging Face ``TimeMoeForPrediction`` (``model_type: time_moe``).
+
+A Hugging Face directory holds ``config.json`` and ``model.safetensors`` (or shards listed
+in ``model.safetensors.index.json``) with these tensors (torch ``Linear`` weights are
+``[out, in]``; ``E`` embed, ``F`` intermediate, ``f = F // k`` expert width, ``C`` input size)::
+
+    model.embed_layer.emb_layer.weight                       [E, C]
+    model.embed_layer.gate_layer.weight                      [E, C]
+    model.layers.{i}.self_attn.q_proj.weight / .bias         [heads*hd, E] / [heads*hd]
+    model.layers.{i}.self_attn.k_proj.weight / .bias         [kv*hd, E] / [kv*hd]
+    model.layers.{i}.self_attn.v_proj.weight / .bias         [kv*hd, E] / [kv*hd]
+    model.layers.{i}.self_attn.o_proj.weight                 [E, heads*hd]
+    model.layers.{i}.ffn_layer.gate.weight                   [experts, E]
+    model.layers.{i}.ffn_layer.experts.{j}.gate_proj.weight  [f, E]   (up_proj the same)
+    model.layers.{i}.ffn_layer.experts.{j}.down_proj.weight  [E, f]
+    model.layers.{i}.ffn_layer.shared_expert.gate_proj.weight [F, E]  (up_proj the same)
+    model.layers.{i}.ffn_layer.shared_expert.down_proj.weight [E, F]
+    model.layers.{i}.ffn_layer.shared_expert_gate.weight     [1, E]
+    model.layers.{i}.input_layernorm.weight                  [E]
+    model.layers.{i}.post_attention_layernorm.weight         [E]
+    model.norm.weight                                        [E]
+    lm_heads.{j}.out_layer.weight                            [C * horizon_j, E]
+
+With ``use_dense`` the FFN is ``model.layers.{i}.ffn_layer.{gate,up,down}_proj.weight``.
+Both RoPE implementations use the rotate-half layout, so q/k need no permutation.
+
+Public API: :func:`to_hf_state_dict`, :func:`from_hf_state_dict`, :func:`hf_config`,
+:func:`config_from_hf`, :func:`hf_layout`, :func:`save_hf`, :func:`load_hf`,
+:func:`export_time_moe` (run dir -> HF dir), :func:`import_time_moe` (HF dir -> run dir),
+plus minimal :func:`write_safetensors` / :func:`read_safetensors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxmoe.config import Config, ConfigError, ModelConfig, validate
+
+# ----------------------------------------------------------------------- safetensors
+
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _bf16():
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    if dtype == _bf16():
+        return "BF16"
+    for name, dt in _DTYPES.items():
+        if np.dtype(dt) == dtype:
+            return name
+    raise ValueError(f"cannot store dtype {dtype} in safetensors.")
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write ``name -> array`` as a safetensors file (tensors in sorted name order)."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset, blobs = 0, []
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(np.asarray(tensors[name]))
+        data = arr.tobytes()
+        header[name] = {"dtype": _dtype_name(arr.dtype), "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for blob in blobs:
+            f.write(blob)
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Read every tensor of a safetensors file into numpy (bf16 via ml_dtypes)."""
+    data = Path(path).read_bytes()
+    if len(data) < 8:
+        raise ValueError(f"{path} is not a safetensors file (too short).")
+    (n,) = struct.unpack("<Q", data[:8])
+    try:
+        header = json.loads(data[8:8 + n])
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not a safetensors file (bad header).") from None
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dt = _bf16() if info["dtype"] == "BF16" else np.dtype(_DTYPES[info["dtype"]])
+        start, end = info["data_offsets"]
+        out[name] = np.frombuffer(data[base + start:base + end], dtype=dt).reshape(info["shape"]).copy()
+    return out
+
+
+# ------------------------------------------------------------------------- layout
+
+
+def _dims(m: ModelConfig) -> dict[str, int]:
+    from jaxmoe.models.time_moe import expert_width, ffn_width
+
+    return dict(E=m.embed_dim, H=m.num_heads, KV=m.kv_heads, D=m.head_size, F=ffn_width(m), f=expert_width(m),
+                N=m.moe.num_experts, C=m.input_size, L=m.num_layers)
+
+
+def hf_layout(m: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor name of a model with this config and its torch shape."""
+    d = _dims(m)
+    E, H, KV, D, F, f, N, C = (d[k] for k in ("E", "H", "KV", "D", "F", "f", "N", "C"))
+    out = {"model.embed_layer.emb_layer.weight": (E, C), "model.embed_layer.gate_layer.weight": (E, C),
+           "model.norm.weight": (E,)}
+    for i in range(m.num_layers):
+        pre = f"model.layers.{i}."
+        out.update({
+            pre + "self_attn.q_proj.weight": (H * D, E), pre + "self_attn.q_proj.bias": (H * D,),
+            pre + "self_attn.k_proj.weight": (KV * D, E), pre + "self_attn.k_proj.bias": (KV * D,),
+            pre + "self_attn.v_proj.weight": (KV * D, E), pre + "self_attn.v_proj.bias": (KV * D,),
+            pre + "self_attn.o_proj.weight": (E, H * D),
+            pre + "input_layernorm.weight": (E,), pre + "post_attention_layernorm.weight": (E,),
+        })
+        if m.use_dense:
+            out.update({pre + "ffn_layer.gate_proj.weight": (F, E), pre + "ffn_layer.up_proj.weight": (F, E),
+                        pre + "ffn_layer.down_proj.weight": (E, F)})
+            continue
+        out[pre + "ffn_layer.gate.weight"] = (N, E)
+        for j in range(N):
+            ex = pre + f"ffn_layer.experts.{j}."
+            out.update({ex + "gate_proj.weight": (f, E), ex + "up_proj.weight": (f, E), ex + "down_proj.weight": (E, f)})
+        sh = pre + "ffn_layer.shared_expert."
+        out.update({sh + "gate_proj.weight": (F, E), sh + "up_proj.weight": (F, E), sh + "down_proj.weight": (E, F),
+                    pre + "ffn_layer.shared_expert_gate.weight": (1, E)})
+    for j, h in enumerate(m.horizons):
+        out[f"lm_heads.{j}.out_layer.weight"] = (C * h, E)
+    return out
+
+
+def to_hf_state_dict(params, m: ModelConfig) -> dict[str, np.ndarray]:
+    """jaxmoe Time-MoE params -> HF tensor dict (numpy, same dtype as the params)."""
+    m = m.model if isinstance(m, Config) else m
+    p = _to_numpy(params)
+    d = _dims(m)
+    E = d["E"]
+    T = lambda a: np.ascontiguousarray(np.asarray(a).T)
+    out = {"model.embed_layer.emb_layer.weight": T(p["embed"]["emb"]),
+           "model.embed_layer.gate_layer.weight": T(p["embed"]["gate"]),
+           "model.norm.weight": np.asarray(p["final_norm"]["scale"])}
+    lay = p["layers"]
+    for i in range(m.num_layers):
+        pre = f"model.layers.{i}."
+        att = jax_tree_index(lay["mixer"], i)
+        for name in ("q", "k", "v"):
+            kern = att[name]["kernel"]  # [E, heads, hd]
+            out[pre + f"self_attn.{name}_proj.weight"] = T(kern.reshape(E, -1))
+            out[pre + f"self_attn.{name}_proj.bias"] = np.ascontiguousarray(att[name]["bias"].reshape(-1))
+        out[pre + "self_attn.o_proj.weight"] = T(att["o"]["kernel"].reshape(-1, E))
+        out[pre + "input_layernorm.weight"] = np.asarray(lay["mixer_norm"]["scale"][i])
+        out[pre + "post_attention_layernorm.weight"] = np.asarray(lay["ffn_norm"]["scale"][i])
+        ffn = jax_tree_index(lay["ffn"], i)
+        if m.use_dense:
+            for name in ("gate", "up", "down"):
+                out[pre + f"ffn_layer.{name}_proj.weight"] = T(ffn[name])
+            continue
+        out[pre + "ffn_layer.gate.weight"] = T(ffn["router"]["kernel"])
+        for j in range(d["N"]):
+            for name in ("gate", "up", "down"):
+                out[pre + f"ffn_layer.experts.{j}.{name}_proj.weight"] = T(ffn["experts"][name][j])
+        for name in ("gate", "up", "down"):
+            out[pre + f"ffn_layer.shared_expert.{name}_proj.weight"] = T(ffn["shared"][name])
+        out[pre + "ffn_layer.shared_expert_gate.weight"] = T(ffn["shared_gate"]["kernel"])
+    for j in range(len(m.horizons)):
+        out[f"lm_heads.{j}.out_layer.weight"] = T(p["heads"][j]["kernel"])
+    return out
+
+
+def jax_tree_index(tree, i: int):
+    """Row ``i`` of every leaf of a stacked (leading "layers" axis) tree."""
+    if isinstance(tree, dict):
+        return {k: jax_tree_index(v, i) for k, v in tree.items()}
+    return np.asarray(tree)[i]
+
+
+def _to_numpy(tree):
+    if isinstance(tree, dict):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_to_numpy(v) for v in tree]
+    return np.asarray(tree)
+
+
+def from_hf_state_dict(tensors: dict[str, np.ndarray], m: ModelConfig, dtype=None) -> dict:
+    """HF tensor dict -> jaxmoe Time-MoE params (numpy arrays; cast to ``dtype`` if given).
+
+    Raises ValueError naming the first missing, unexpected or mis-shaped tensor.
+    """
+    m = m.model if isinstance(m, Config) else m
+    layout = hf_layout(m)
+    missing = [k for k in layout if k not in tensors]
+    if missing:
+        raise ValueError(f"the checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing); "
+                         "is config.json from the same model?")
+    extra = [k for k in tensors if k not in layout and "rotary_emb" not in k]
+    if extra:
+        raise ValueError(f"the checkpoint has unexpected tensor {extra[0]!r} ({len(extra)} unexpected).")
+    for k, shape in layout.items():
+        if tuple(tensors[k].shape) != tuple(shape):
+            raise ValueError(f"tensor {k!r} has shape {tuple(tensors[k].shape)}, expected {tuple(shape)} from config.json.")
+    d = _dims(m)
+    E, H, KV, D, N = d["E"], d["H"], d["KV"], d["D"], d["N"]
+    cast = (lambda a: np.asarray(a, dtype=dtype)) if dtype is not None else np.asarray
+    T = lambda name: cast(np.ascontiguousarray(tensors[name].T))
+    stack = lambda rows: np.stack(rows)
+    L = m.num_layers
+    pre = lambda i: f"model.layers.{i}."
+    mixer = {
+        "q": {"kernel": stack([T(pre(i) + "self_attn.q_proj.weight").reshape(E, H, D) for i in range(L)]),
+              "bias": stack([cast(tensors[pre(i) + "self_attn.q_proj.bias"]).reshape(H, D) for i in range(L)])},
+        "k": {"kernel": stack([T(pre(i) + "self_attn.k_proj.weight").reshape(E, KV, D) for i in range(L)]),
+              "bias": stack([cast(tensors[pre(i) + "self_attn.k_proj.bias"]).reshape(KV, D) for i in range(L)])},
+        "v": {"kernel": stack([T(pre(i) + "self_attn.v_proj.weight").reshape(E, KV, D) for i in range(L)]),
+              "bias": stack([cast(tensors[pre(i) + "self_attn.v_proj.bias"]).reshape(KV, D) for i in range(L)])},
+        "o": {"kernel": stack([T(pre(i) + "self_attn.o_proj.weight").reshape(H, D, E) for i in range(L)])},
+    }
+    if m.use_dense:
+        ffn = {name: stack([T(pre(i) + f"ffn_layer.{name}_proj.weight") for i in range(L)])
+               for name in ("gate", "up", "down")}
+    else:
+        ffn = {
+            "router": {"kernel": stack([T(pre(i) + "ffn_layer.gate.weight") for i in range(L)])},
+            "experts": {name: stack([stack([T(pre(i) + f"ffn_layer.experts.{j}.{name}_proj.weight") for j in range(N)])
+                                     for i in range(L)]) for name in ("gate", "up", "down")},
+            "shared": {name: stack([T(pre(i) + f"ffn_layer.shared_expert.{name}_proj.weight") for i in range(L)])
+                       for name in ("gate", "up", "down")},
+            "shared_gate": {"kernel": stack([T(pre(i) + "ffn_layer.shared_expert_gate.weight") for i in range(L)])},
+        }
+    return {
+        "embed": {"gate": T("model.embed_layer.gate_layer.weight"), "emb": T("model.embed_layer.emb_layer.weight")},
+        "layers": {
+            "mixer_norm": {"scale": stack([cast(tensors[pre(i) + "input_layernorm.weight"]) for i in range(L)])},
+            "mixer": mixer,
+            "ffn_norm": {"scale": stack([cast(tensors[pre(i) + "post_attention_layernorm.weight"]) for i in range(L)])},
+            "ffn": ffn,
+        },
+        "final_norm": {"scale": cast(tensors["model.norm.weight"])},
+        "heads": [{"kernel": T(f"lm_heads.{j}.out_layer.weight")} for j in range(len(m.horizons))],
+    }
+
+
+# ------------------------------------------------------------------------- config
+
+
+def hf_config(m: ModelConfig) -> dict[str, Any]:
+    """``config.json`` contents of a ``TimeMoeForPrediction`` model."""
+    m = m.model if isinstance(m, Config) else m
+    from jaxmoe.models.time_moe import ffn_width
+
+    return {
+        "architectures": ["TimeMoeForPrediction"],
+        "model_type": "time_moe",
+        "hidden_size": m.embed_dim,
+        "intermediate_size": ffn_width(m),
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_heads,
+        "num_key_value_heads": m.kv_heads,
+        "num_experts": m.moe.num_experts,
+        "num_experts_per_tok": m.moe.experts_per_token,
+        "horizon_lengths": list(m.horizons),
+        "input_size": m.input_size,
+        "max_position_embeddings": m.max_seq_len,
+        "rms_norm_eps": m.norm_eps,
+        "rope_theta": m.rope_theta,
+        "router_aux_loss_factor": m.aux_loss_coef,
+        "apply_aux_loss": bool(m.aux_loss_coef > 0),
+        "use_dense": bool(m.use_dense),
+        "hidden_act": "silu",
+        "initializer_range": m.init_std,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "torch_dtype": "bfloat16" if m.param_dtype == "bfloat16" else "float32",
+    }
+
+
+def config_from_hf(hf: dict[str, Any], base: Config | None = None, output_dir: str | None = None) -> Config:
+    """A jaxmoe Config (family time_moe) from a Time-MoE ``config.json`` dict."""
+    if hf.get("model_type", "time_moe") != "time_moe":
+        raise ConfigError(f"config.json has model_type {hf.get('model_type')!r}; expected 'time_moe'.")
+    act = hf.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ConfigError(f"config.json has hidden_act {act!r}; only silu Time-MoE models are supported.")
+    try:
+        embed = int(hf["hidden_size"])
+        heads = int(hf["num_attention_heads"])
+        kv = int(hf.get("num_key_value_heads") or heads)
+        given = base is not None
+        base = base or Config()
+        moe = dataclasses.replace(base.model.moe, num_experts=int(hf.get("num_experts", 8)),
+                                  experts_per_token=int(hf.get("num_experts_per_tok", 2)))
+        aux = float(hf.get("router_aux_loss_factor", 0.02)) if hf.get("apply_aux_loss", True) else 0.0
+        model = dataclasses.replace(
+            base.model, family="time_moe", embed_dim=embed, num_layers=int(hf["num_hidden_layers"]),
+            num_heads=heads, num_kv_heads=0 if kv == heads else kv, head_dim=0,
+            ffn_dim=int(hf.get("intermediate_size", 4 * embed)), horizons=tuple(int(h) for h in hf.get("horizon_lengths", (1,))),
+            input_size=int(hf.get("input_size", 1)), max_seq_len=int(hf.get("max_position_embeddings", 4096)),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(hf.get("rope_theta", 10000.0)),
+            aux_loss_coef=aux, use_dense=bool(hf.get("use_dense", False)),
+            init_std=float(hf.get("initializer_range", 0.02)), moe=moe)
+    except KeyError as e:
+        raise ConfigError(f"config.json lacks the key {e.args[0]!r} of a Time-MoE model.") from None
+    data = dataclasses.replace(base.data, sources=base.data.sources or ("synthetic",),
+                               seq_len=min(base.data.seq_len if given else 512, model.max_seq_len))
+    train = base.train if output_dir is None else dataclasses.replace(base.train, output_dir=str(output_dir))
+    cfg = dataclasses.replace(base, model=model, data=data, train=train)
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- I/O
+
+
+def save_hf(params, cfg, out_dir: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (HF layout) to ``out_dir``."""
+    m = cfg.model if isinstance(cfg, Config) else cfg
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(hf_config(m), indent=2) + "\n")
+    write_safetensors(out / "model.safetensors", to_hf_state_dict(params, m), {"format": "pt"})
+    return out
+
+
+def read_hf_tensors(hf_dir: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of an HF directory (single file or sharded with an index)."""
+    hf_dir = Path(hf_dir)
+    single = hf_dir / "model.safetensors"
+    index = hf_dir / "model.safetensors.index.json"
+    if single.exists():
+        return read_safetensors(single)
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        out = {}
+        for name in files:
+            out.update(read_safetensors(hf_dir / name))
+        return out
+    raise FileNotFoundError(f"no model.safetensors (or model.safetensors.index.json) in {hf_dir}.")
+
+
+def load_hf(hf_dir: str | Path, base: Config | None = None, output_dir: str | None = None):
+    """``(Config, params)`` from a Hugging Face Time-MoE directory (params as float32 numpy
+    unless the config asks for bf16 params)."""
+    hf_dir = Path(hf_dir)
+    cfg_path = hf_dir / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"no config.json in {hf_dir}; point --hf at a Hugging Face model directory.")
+    try:
+        hf = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{cfg_path} is not valid JSON ({e.msg}).") from None
+    cfg = config_from_hf(hf, base, output_dir)
+    tensors = read_hf_tensors(hf_dir)
+    try:
+        params = from_hf_state_dict(tensors, cfg.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return cfg, params
+
+
+def export_time_moe(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
+    """Export a trained jaxmoe Time-MoE run (latest checkpoint unless ``step``) to an HF directory."""
+    from jaxmoe.train.checkpoint import load_params
+
+    cfg, params = load_params(run_dir, step)
+    if cfg.model.family != "time_moe":
+        raise ConfigError(f"the run in {run_dir} is a {cfg.model.family} model, not time_moe.")
+    return save_hf(params, cfg, out_dir)
+
+
+def write_run(cfg: Config, params, run_dir: str | Path, step: int = 0, meta: dict | None = None) -> Path:
+    """Write ``params`` as a jaxmoe run directory (config.yaml + an orbax checkpoint at
+    ``step`` with a fresh optimizer state), loadable with ``load_params``/``--checkpoint``."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmoe.train import checkpoint as ckpt
+    from jaxmoe.train.optimizer import make_optimizer
+    from jaxmoe.train.state import TrainState
+
+    run_dir = Path(run_dir)
+    if ckpt.checkpoint_dir(run_dir).exists() and any(ckpt.checkpoint_dir(run_dir).iterdir()):
+        raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; choose an empty output directory.")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(run_dir)))
+    ckpt.write_config(run_dir, cfg)
+    params = jax.tree.map(jnp.asarray, params)
+    state = TrainState.create(params, make_optimizer(cfg.train), cfg.train.seed)
+    state = state.replace(step=jnp.asarray(step, jnp.int32))
+    manager = ckpt.make_manager(run_dir, keep=cfg.train.keep_checkpoints)
+    try:
+        ckpt.save(manager, step, state, {}, {"step": step, "family": cfg.model.family, **(meta or {})})
+    finally:
+        manager.close()
+    return run_dir
+
+
+def import_time_moe(hf_dir: str | Path, out_run_dir: str | Path, base: Config | None = None) -> Path:
+    """Import an HF Time-MoE directory as a jaxmoe run directory (checkpoint at step 0)."""
+    cfg, params = load_hf(hf_dir, base, str(out_run_dir))
+    return write_run(cfg, params, out_run_dir, 0, {"imported_from": str(Path(hf_dir).absolute())})
