@@ -12,7 +12,7 @@ from jaxmoe.train.metrics import read_jsonl
 
 TINY = ["model.embed_dim=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
         "model.moe.num_experts=4", "model.moe.expert_ffn_dim=16", "model.moe.dense_ffn_dim=32",
-        "model.moe.shared_ffn_dim=16", "data.seq_len=32", "train.batch_size=4", "train.log_every=1",
+        "model.moe.shared_ffn_dim=16", "data.seq_len=32", "train.batch_size=8", "train.log_every=1",
         "train.warmup_steps=2", "train.progress=false", "train.eval_batches=1"]
 
 

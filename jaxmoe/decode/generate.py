@@ -50,12 +50,19 @@ def generate_tokens(params, prompt: jax.Array, cfg: ModelConfig, max_new_tokens:
     b, plen = prompt.shape
     cache = lm.init_cache(cfg, b, plen + max_new_tokens)
     router = dict(expert_mask=expert_mask, force_mask=force_mask)
-    logits, cache = lm.prefill(params, prompt, cfg, cache, **router)
+    router_at = lambda i: router
+    if cfg.moe.router == "thor":  # THOR: a random expert per token or per sequence
+        from jaxmoe.models import thor
+
+        cfg = thor.inference_config(cfg)
+        thor_key = jax.random.fold_in(rng, 0x7402)
+        router_at = lambda i: {**router, "rng": thor.step_rng(thor_key, i, cfg)}
+    logits, cache = lm.prefill(params, prompt, cfg, cache, **router_at(0))
     first = sample_logits(logits[:, -1], jax.random.fold_in(rng, 0), sampling)
 
     def step(carry, i):
         tok, cache, done = carry
-        logits, cache = lm.decode_step(params, tok, cfg, cache, **router)
+        logits, cache = lm.decode_step(params, tok, cfg, cache, **router_at(i))
         nxt = sample_logits(logits, jax.random.fold_in(rng, i), sampling)
         done = done | (tok == eos_id)
         nxt = jnp.where(done, eos_id if eos_id >= 0 else nxt, nxt)

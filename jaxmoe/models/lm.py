@@ -29,6 +29,7 @@ from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.nn import attention as attn_lib
 from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed, unbox
 from jaxmoe.nn.layers import attend_embedding, embed, init_embedding, init_rmsnorm, init_swiglu, rmsnorm, swiglu
+from jaxmoe.parallel.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -173,7 +174,7 @@ def _block(p, h, kind, cfg: ModelConfig, positions, layer_cache, cache_index, ex
         y, aux = moe(p["ffn"], x, cfg.moe, expert_mask=expert_mask, force_mask=force_mask, **(router_inputs or {}))
     else:
         y, aux = swiglu(p["ffn"], x), None
-    return h + y, new_cache, aux
+    return constrain(h + y, ("batch", "seq", "embed")), new_cache, aux  # no-op without a multi-device mesh
 
 
 def forward(params, tokens: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,

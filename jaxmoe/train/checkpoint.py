@@ -121,5 +121,8 @@ def load_params(path: str | Path, step: int | None = None):
     manager = make_manager(run_dir, create=False)
     if manager.latest_step() is None:
         raise CheckpointError(f"no complete checkpoint in {checkpoint_dir(run_dir)}.")
-    state, _, _ = restore(manager, abstract_train_state(cfg), step)
+    # onto one local device, whatever mesh saved it (a sharded checkpoint restores anywhere)
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), abstract_train_state(cfg))
+    state, _, _ = restore(manager, target, step)
     return cfg, jax.device_get(state.params)

@@ -1,0 +1,137 @@
+"""``jaxmoe forecast --checkpoint DIR --csv FILE --column NAME --horizon 96 --plot out.png``.
+
+Forecasts the steps after the last row of one CSV (or Parquet) column with a trained
+time-series model. Missing cells (NaN) are masked, never fed to the model. Writes a plot of
+the context and the forecast (plus a quantile band when the model family provides
+quantiles), and optionally JSON and CSV files.
+
+Model families other than ``time_moe`` plug in by defining
+``forecast_quantiles(params, cfg, context [batch, length], horizon) ->
+{"mean": [batch, horizon], "quantiles": {q: [batch, horizon]}}`` in their model module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+MIN_OBSERVED = 8  # fewer observed points than this: "too short to forecast"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--checkpoint", required=True, help="run directory written by `jaxmoe train` (or `jaxmoe import`)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", help="CSV file holding the series")
+    src.add_argument("--parquet", help="Parquet file holding the series")
+    p.add_argument("--column", required=True, help="column of the file to forecast")
+    p.add_argument("--horizon", type=int, required=True, help="number of future steps")
+    p.add_argument("--context", type=int, default=None,
+                   help="points of history to use (default: the model's training context, data.seq_len)")
+    p.add_argument("--plot", default=None, help="write a PNG plot of context + forecast here")
+    p.add_argument("--json", default=None, help="write the forecast as JSON here")
+    p.add_argument("--out-csv", default=None, help="write the forecast as CSV here")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+
+def load_series(args) -> np.ndarray:
+    from jaxmoe.data.real_series import read_csv_series, read_parquet_series
+
+    if args.csv is not None:
+        return read_csv_series(args.csv, args.column)
+    return read_parquet_series(args.parquet, args.column)
+
+
+def forecast_with_model(params, cfg, context: np.ndarray, horizon: int) -> dict:
+    """``{"mean": [batch, horizon], "quantiles": {q: [batch, horizon]} (maybe empty)}``."""
+    from jaxmoe.cli import UserError
+    from jaxmoe.models import get_model
+
+    if cfg.model.family == "time_moe":
+        from jaxmoe.decode.forecast import forecast
+
+        return {"mean": forecast(params, cfg, context, horizon), "quantiles": {}}
+    module = get_model(cfg.model.family)
+    fn = getattr(module, "forecast_quantiles", None)
+    if fn is None:
+        raise UserError(f"`forecast` needs a time-series model; this checkpoint is a {cfg.model.family} model.")
+    out = fn(params, cfg, context, horizon)
+    return {"mean": np.asarray(out["mean"]), "quantiles": {float(q): np.asarray(v) for q, v in out.get("quantiles", {}).items()}}
+
+
+def plot_forecast(path, history: np.ndarray, mean: np.ndarray, quantiles: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, h = len(history), len(mean)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(np.arange(n), history, color="black", lw=1.0, label="context")
+    future = np.arange(n, n + h)
+    if quantiles:
+        qs = sorted(quantiles)
+        lo, hi = qs[0], qs[-1]
+        ax.fill_between(future, quantiles[lo], quantiles[hi], color="tab:blue", alpha=0.25,
+                        label=f"{lo:g}-{hi:g} quantiles")
+    ax.plot(future, mean, color="tab:blue", lw=1.5, label="forecast")
+    ax.axvline(n - 0.5, color="grey", ls=":", lw=1)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from jaxmoe.cli import UserError
+    from jaxmoe.data.real_series import SeriesError
+    from jaxmoe.train.checkpoint import load_params
+
+    if args.horizon is None or args.horizon <= 0:
+        raise UserError(f"--horizon must be a positive number of steps, got {args.horizon}.")
+    if args.context is not None and args.context < MIN_OBSERVED:
+        raise UserError(f"--context must be at least {MIN_OBSERVED} points, got {args.context}.")
+    series = load_series(args)
+    cfg, params = load_params(args.checkpoint, args.step)
+    n_ctx = args.context or cfg.data.seq_len
+    context = series[-n_ctx:].astype(np.float64)
+    observed = int(np.isfinite(context).sum())
+    if observed < MIN_OBSERVED:
+        raise SeriesError(f"column {args.column!r} has only {observed} observed values in its last {len(context)} rows; "
+                          f"forecasting needs at least {MIN_OBSERVED}.")
+    out = forecast_with_model(params, cfg, context[None], args.horizon)
+    mean = np.asarray(out["mean"], dtype=np.float64)[0]
+    quantiles = {q: np.asarray(v, dtype=np.float64)[0] for q, v in out["quantiles"].items()}
+    if not np.isfinite(mean).all():
+        raise UserError("the model produced non-finite forecasts; check the checkpoint.")
+    start = len(series)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "column": args.column, "horizon": args.horizon, "context_length": len(context),
+            "observed_context": observed, "first_step": start, "forecast": mean.tolist(),
+            "quantiles": {str(q): v.tolist() for q, v in quantiles.items()},
+        }, indent=2))
+    if args.out_csv:
+        import pandas as pd
+
+        frame = {"step": np.arange(start, start + args.horizon), "forecast": mean}
+        for q, v in quantiles.items():
+            frame[f"q{q:g}"] = v
+        Path(args.out_csv).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(frame).to_csv(args.out_csv, index=False)
+    if args.plot:
+        plot_forecast(args.plot, context, mean, quantiles,
+                      f"{args.column}: {args.horizon}-step forecast ({cfg.model.family})")
+    shown = ", ".join(f"{v:.4g}" for v in mean[:8]) + (", ..." if len(mean) > 8 else "")
+    print(f"forecast of {args.column!r} for steps {start}..{start + args.horizon - 1} "
+          f"from {len(context)} context points ({observed} observed): [{shown}]")
+    for label, path in (("plot", args.plot), ("json", args.json), ("csv", args.out_csv)):
+        if path:
+            print(f"{label}: {path}")
+    return 0 if all(math.isfinite(v) for v in mean) else 1

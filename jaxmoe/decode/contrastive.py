@@ -1,0 +1,116 @@
+"""SCMoE self-contrast decoding ("Unchosen Experts Can Contribute Too").
+
+Each step runs the same model twice with two routings and separate KV caches:
+
+- strong: the normal top-k routing;
+- weak: only the expert ranked ``weak_rank`` (0 = top-1; the paper's example uses 2),
+  its weight renormalised (the ``rank_select`` router input).
+
+With ``z_s = strong_logits / T_s`` and ``z_w = weak_logits / T_w``::
+
+    cutoff = log(alpha) + max(z_s)
+    score  = (1 + beta) * z_s - beta * z_w,   -inf where z_s < cutoff
+
+and the next token is ``argmax(score)`` (or a sample from ``softmax(score / temperature)``).
+With ``beta = 0`` this is plain greedy decoding. Prefill and the ``lax.scan`` decode loop
+run inside one jitted function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxmoe.config import ModelConfig
+from jaxmoe.models import lm
+
+RANK_ROUTERS = ("topk", "moex", "readme")
+
+
+@dataclasses.dataclass(frozen=True)
+class SCMoEConfig:
+    beta: float = 0.5
+    alpha: float = 0.1
+    weak_rank: int = 2
+    strong_temperature: float = 1.0
+    weak_temperature: float = 1.0
+    temperature: float = 0.0  # 0 -> argmax of the score, else sample softmax(score / temperature)
+
+
+def check(cfg: ModelConfig, sc: SCMoEConfig) -> None:
+    """Raise ValueError (one sentence) when SCMoE cannot run on this model/settings."""
+    if cfg.moe.router not in RANK_ROUTERS:
+        raise ValueError(f"SCMoE needs a ranked router ({', '.join(RANK_ROUTERS)}); this model uses "
+                         f"router {cfg.moe.router!r}.")
+    if not 0 <= sc.weak_rank < cfg.moe.num_experts:
+        raise ValueError(f"--weak-rank={sc.weak_rank} must be between 0 and num_experts-1={cfg.moe.num_experts - 1}.")
+    if not 0.0 < sc.alpha <= 1.0:
+        raise ValueError(f"--alpha={sc.alpha} must be in (0, 1].")
+    if sc.beta < 0:
+        raise ValueError(f"--beta={sc.beta} must be >= 0.")
+    if sc.strong_temperature <= 0 or sc.weak_temperature <= 0:
+        raise ValueError("the strong and weak temperatures must be positive.")
+
+
+def scmoe_scores(strong_logits: jax.Array, weak_logits: jax.Array, sc: SCMoEConfig) -> jax.Array:
+    """``[batch, vocab]`` logits of the two routings -> contrastive scores (``-inf`` below
+    the plausibility cutoff ``log(alpha) + max(z_s)``)."""
+    z_s = strong_logits.astype(jnp.float32) / sc.strong_temperature
+    z_w = weak_logits.astype(jnp.float32) / sc.weak_temperature
+    cutoff = math.log(sc.alpha) + z_s.max(-1, keepdims=True)
+    score = (1.0 + sc.beta) * z_s - sc.beta * z_w
+    return jnp.where(z_s < cutoff, -jnp.inf, score)
+
+
+def _pick(score: jax.Array, rng: jax.Array, sc: SCMoEConfig) -> jax.Array:
+    if sc.temperature <= 0.0:
+        return jnp.argmax(score, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, score / sc.temperature, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sc", "eos_id"))
+def contrastive_generate(params, prompt: jax.Array, cfg: ModelConfig, max_new_tokens: int, rng: jax.Array,
+                         sc: SCMoEConfig = SCMoEConfig(), eos_id: int = -1, expert_mask: jax.Array | None = None,
+                         force_mask: jax.Array | None = None) -> jax.Array:
+    """``prompt [batch, prompt_len]`` -> new tokens ``[batch, max_new_tokens]`` (SCMoE)."""
+    check(cfg, sc)
+    b, plen = prompt.shape
+    masks = dict(expert_mask=expert_mask, force_mask=force_mask)
+    strong = lm.init_cache(cfg, b, plen + max_new_tokens)
+    weak = lm.init_cache(cfg, b, plen + max_new_tokens)
+    ls, strong = lm.prefill(params, prompt, cfg, strong, **masks)
+    lw, weak = lm.prefill(params, prompt, cfg, weak, rank_select=sc.weak_rank, **masks)
+    first = _pick(scmoe_scores(ls[:, -1], lw[:, -1], sc), jax.random.fold_in(rng, 0), sc)
+
+    def step(carry, i):
+        tok, strong, weak, done = carry
+        ls, strong = lm.decode_step(params, tok, cfg, strong, **masks)
+        lw, weak = lm.decode_step(params, tok, cfg, weak, rank_select=sc.weak_rank, **masks)
+        nxt = _pick(scmoe_scores(ls, lw, sc), jax.random.fold_in(rng, i), sc)
+        done = done | (tok == eos_id)
+        nxt = jnp.where(done, eos_id if eos_id >= 0 else nxt, nxt)
+        return (nxt, strong, weak, done), tok
+
+    init = (first, strong, weak, jnp.zeros((b,), jnp.bool_))
+    (last, _, _, _), toks = jax.lax.scan(step, init, jnp.arange(1, max_new_tokens))
+    return jnp.concatenate([toks.T, last[:, None]], axis=1) if max_new_tokens > 1 else first[:, None]
+
+
+def contrastive_text(params, cfg: ModelConfig, tokenizer, prompt: str, max_new_tokens: int = 64, *,
+                     sc: SCMoEConfig = SCMoEConfig(), seed: int = 0, expert_mask=None, force_mask=None) -> str:
+    """Encode ``prompt``, decode with SCMoE, return the new text (stopping at eos)."""
+    check(cfg, sc)
+    ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
+    if len(ids) + max_new_tokens > cfg.max_seq_len:
+        raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"model.max_seq_len={cfg.max_seq_len}.")
+    out = contrastive_generate(params, jnp.asarray([ids], jnp.int32), cfg, max_new_tokens, jax.random.PRNGKey(seed),
+                               sc, tokenizer.eos_id, expert_mask, force_mask)
+    new = [int(t) for t in out[0]]
+    if tokenizer.eos_id in new:
+        new = new[: new.index(tokenizer.eos_id)]
+    return tokenizer.decode(new)

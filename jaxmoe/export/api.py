@@ -1,0 +1,182 @@
+"""Export jaxmoe checkpoints to Hugging Face directories and import them back.
+
+* :func:`export_hf` ``(run_dir, family, out_dir, shard_size="2GB")``: config.json +
+  (sharded) safetensors that ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads.
+* :func:`import_hf` ``(hf_dir, out_run_dir)``: a jaxmoe run directory (config.yaml + an
+  orbax checkpoint at step 0 with fresh optimizer and data-iterator state) that
+  ``jaxmoe generate --checkpoint`` and ``jaxmoe train --config RUN/config.yaml --resume`` use.
+* :func:`load_hf` / :func:`save_hf`: the same conversions in memory (``(Config, params)``).
+* :func:`detect_family`, :func:`hf_info`: what an HF directory holds (headers only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxmoe.config import Config
+from jaxmoe.export.families import FAMILIES, family_for_model_type, get_family
+from jaxmoe.export.families.common import ExportError
+from jaxmoe.export.safetensors_io import SafetensorsReader, ShardedWriter, parse_size
+
+log = logging.getLogger("jaxmoe")
+
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def read_hf_config(hf_dir: str | Path) -> dict:
+    p = Path(hf_dir)
+    if not p.is_dir():
+        raise FileNotFoundError(f"Hugging Face directory '{hf_dir}' does not exist.")
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise ExportError(f"'{hf_dir}' has no config.json, so it is not a Hugging Face model directory.")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{cfg_file} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+
+
+def detect_family(hf_dir: str | Path) -> str:
+    """Family name (a key of ``FAMILIES``) of an HF directory, from config.json's model_type."""
+    hf = read_hf_config(hf_dir)
+    model_type = hf.get("model_type", "")
+    fam = family_for_model_type(model_type)
+    if fam is None:
+        raise ExportError(f"model_type {model_type!r} in {Path(hf_dir) / 'config.json'} is not supported; supported "
+                          f"families: {', '.join(FAMILIES)}.")
+    return fam.name
+
+
+def save_hf(cfg: Config, params, family: str, out_dir: str | Path, shard_size: int | str = "2GB",
+            dtype: str = "float32") -> dict:
+    """Write ``params`` of ``cfg`` as a Hugging Face ``family`` directory. Returns a summary."""
+    fam = get_family(family)
+    if dtype not in EXPORT_DTYPES:
+        raise ExportError(f"export dtype {dtype!r} is not valid; choose one of {', '.join(EXPORT_DTYPES)}.")
+    parse_size(shard_size)
+    hf = fam.config_to_hf(cfg)  # refuses unsupported configs before anything is written
+    hf["torch_dtype"] = dtype
+    np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
+    if np_dtype is None:
+        import ml_dtypes
+
+        np_dtype = ml_dtypes.bfloat16
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = ShardedWriter(out, shard_size)
+    for name, producer in fam.export_tensors(cfg, params, hf):
+        writer.add(name, lambda p=producer: np.ascontiguousarray(np.asarray(p(), np.float32).astype(np_dtype)))
+    files = writer.close()
+    (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    tok = cfg.data.tokenizer
+    if tok != "byte" and Path(tok).is_file():
+        shutil.copyfile(tok, out / "tokenizer.json")
+    return {"family": fam.name, "out_dir": str(out), "files": [f.name for f in files], "num_params": writer.num_params,
+            "total_size": writer.total_size, "peak_buffer_bytes": writer.peak_buffer_bytes}
+
+
+def export_hf(run_dir: str | Path, family: str, out_dir: str | Path, shard_size: int | str = "2GB", *,
+              step: int | None = None, dtype: str = "float32", stablehlo: bool = False,
+              stablehlo_batch: int = 1, stablehlo_max_len: int | None = None) -> dict:
+    """Export the latest (or ``step``) checkpoint of ``run_dir`` as an HF ``family`` directory."""
+    from jaxmoe.train.checkpoint import load_params
+
+    get_family(family)
+    cfg, params = load_params(run_dir, step)
+    summary = save_hf(cfg, params, family, out_dir, shard_size, dtype)
+    if stablehlo:
+        from jaxmoe.export.stablehlo import export_decode_step
+
+        art = export_decode_step(cfg.model, params, Path(out_dir) / "stablehlo", batch=stablehlo_batch,
+                                 max_len=stablehlo_max_len)
+        summary["stablehlo"] = str(art)
+    return summary
+
+
+def load_hf(hf_dir: str | Path, family: str | None = None) -> tuple[Config, dict]:
+    """Read an HF directory into ``(Config, params)`` (fp32 numpy arrays in jaxmoe's layout)."""
+    hf = read_hf_config(hf_dir)
+    fam = get_family(family or detect_family(hf_dir))
+    cfg = fam.config_from_hf(hf)
+    with SafetensorsReader(hf_dir) as reader:
+        params = fam.import_params(cfg, reader, hf)
+    return cfg, params
+
+
+def _fresh_data_state(cfg: Config) -> dict:
+    from jaxmoe.train.tasks import make_task
+
+    try:
+        return make_task(cfg).train_pipeline.iterator().get_state()
+    except Exception as e:  # data the config points at is not usable here: params still import
+        log.warning("no data-iterator state saved (%s); `jaxmoe train --resume` needs a usable data config", e)
+        return {}
+
+
+def import_hf(hf_dir: str | Path, out_run_dir: str | Path, *, family: str | None = None, seed: int = 0) -> Path:
+    """Convert an HF directory into a jaxmoe run directory (config.yaml + orbax checkpoint at step 0)."""
+    import dataclasses
+
+    from jaxmoe.train import checkpoint as ckpt
+    from jaxmoe.train.optimizer import make_optimizer
+    from jaxmoe.train.state import TrainState
+
+    cfg, params = load_hf(hf_dir, family)
+    run = Path(out_run_dir).absolute()
+    if ckpt.checkpoint_dir(run).exists() and any(ckpt.checkpoint_dir(run).iterdir()):
+        raise ExportError(f"{run} already holds checkpoints; choose an empty output directory.")
+    tok = Path(hf_dir) / "tokenizer.json"
+    data = cfg.data
+    if tok.is_file():
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tok, run / "tokenizer.json")
+        data = dataclasses.replace(data, tokenizer=str(run / "tokenizer.json"))
+    cfg = dataclasses.replace(cfg, data=data, train=dataclasses.replace(cfg.train, output_dir=str(run), seed=seed))
+    tx = make_optimizer(cfg.train)
+    state = TrainState.create(jax.tree.map(jax.numpy.asarray, params), tx, seed)
+    data_state = _fresh_data_state(cfg)
+    ckpt.write_config(run, cfg)
+    manager = ckpt.make_manager(run, keep=cfg.train.keep_checkpoints)
+    try:
+        ckpt.save(manager, 0, state, data_state, {"step": 0, "time": time.time(), "family": cfg.model.family,
+                                                  "imported_from": str(Path(hf_dir).absolute())})
+    finally:
+        manager.close()
+    return run
+
+
+def hf_info(hf_dir: str | Path) -> dict[str, Any]:
+    """Family, sizes and parameter counts of an HF directory (reads only headers)."""
+    hf = read_hf_config(hf_dir)
+    name = detect_family(hf_dir)
+    fam = get_family(name)
+    cfg = fam.config_from_hf(hf)
+    m = cfg.model
+    with SafetensorsReader(hf_dir) as reader:
+        stored = reader.num_params()
+        size = reader.total_size()
+        files = len(reader.paths)
+        dtypes = sorted({reader.dtype(n) for n in reader.names()})
+    info: dict[str, Any] = {
+        "family": name, "model_type": hf.get("model_type"), "architecture": (hf.get("architectures") or ["?"])[0],
+        "vocab_size": m.vocab_size, "embed_dim": m.embed_dim, "num_layers": m.num_layers, "num_heads": m.num_heads,
+        "num_kv_heads": m.kv_heads, "attention": m.attention_type,
+        "num_experts": m.moe.num_experts, "experts_per_token": m.moe.experts_per_token,
+        "expert_ffn_dim": m.moe.expert_ffn_dim, "num_shared_experts": m.moe.num_shared_experts,
+        "first_k_dense": m.moe.first_k_dense, "moe_every": m.moe.moe_every, "max_seq_len": m.max_seq_len,
+        "stored_params": stored, "bytes": size, "files": files, "dtypes": dtypes,
+    }
+    if hasattr(fam, "count_active"):
+        total, active = fam.count_active(m)
+        info["params"], info["active_params"] = total, active
+    return info

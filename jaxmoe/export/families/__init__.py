@@ -1,0 +1,46 @@
+"""Hugging Face family registry: ``--family NAME`` -> module path.
+
+A family module exposes ``FAMILY``, an object with:
+
+* ``name``, ``model_types`` (config.json ``model_type`` values it reads), ``architecture``;
+* ``config_to_hf(cfg: Config) -> dict`` (config.json; raises ExportError with one sentence
+  when the jaxmoe config has no equivalent) and ``config_from_hf(hf: dict) -> Config``;
+* ``export_tensors(cfg, params, hf) -> iterator of (name, producer)`` (producer() returns
+  one numpy tensor) and ``import_params(cfg, reader, hf) -> params`` (reader: a lazy
+  :class:`~jaxmoe.export.safetensors_io.SafetensorsReader`);
+* optionally ``count_active(model_cfg) -> (total, active)``.
+
+The decoder-LM families derive from :class:`~jaxmoe.export.families.common.LMFamily`.
+Adding a family is one line here plus its module.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+FAMILIES = {
+    "mixtral": "jaxmoe.export.families.mixtral",
+    "qwen2_moe": "jaxmoe.export.families.qwen2_moe",
+    "qwen3_moe": "jaxmoe.export.families.qwen3_moe",
+    "olmoe": "jaxmoe.export.families.olmoe",
+    "deepseek_v3": "jaxmoe.export.families.deepseek_v3",
+}
+
+
+def get_family(name: str):
+    from jaxmoe.export.families.common import ExportError
+
+    try:
+        path = FAMILIES[name]
+    except KeyError:
+        raise ExportError(f"family {name!r} is not supported; choose one of {', '.join(FAMILIES)}.") from None
+    return importlib.import_module(path).FAMILY
+
+
+def family_for_model_type(model_type: str):
+    """The registered family whose ``model_types`` contains ``model_type`` (or None)."""
+    for name in FAMILIES:
+        fam = get_family(name)
+        if model_type in getattr(fam, "model_types", (name,)):
+            return fam
+    return None
