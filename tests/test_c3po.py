@@ -65,7 +65,7 @@ def task():
     cfg, params, examples, right = _task()
     ref_ex, ref_g = examples(6, 1)
     test_ex, test_g = examples(2, 2)
-    rcfg = c3po.RemixConfig(critical_layers=CRIT, embedding="tokens", neighbours=3)
+    rcfg = c3po.RemixConfig(critical_layers=CRIT, embedding="tokens", neighbours=3, core_experts=N)
     ref = c3po.build_reference(params, cfg, ref_ex, rcfg=rcfg, weights=right[ref_g][:, None, :])
     return cfg, params, ref, test_ex, rcfg
 

@@ -91,7 +91,10 @@ def export_hf(run_dir: str | Path, family: str, out_dir: str | Path, shard_size:
     """Export the latest (or ``step``) checkpoint of ``run_dir`` as an HF ``family`` directory."""
     from jaxmoe.train.checkpoint import load_params
 
-    get_family(family)
+    fam = get_family(family)
+    if hasattr(fam, "export_run"):  # families that convert whole run directories themselves
+        out = fam.export_run(run_dir, out_dir, shard_size=shard_size, step=step, dtype=dtype)
+        return out if isinstance(out, dict) else {"family": family, "out_dir": str(out)}
     cfg, params = load_params(run_dir, step)
     summary = save_hf(cfg, params, family, out_dir, shard_size, dtype)
     if stablehlo:
@@ -107,6 +110,9 @@ def load_hf(hf_dir: str | Path, family: str | None = None) -> tuple[Config, dict
     """Read an HF directory into ``(Config, params)`` (fp32 numpy arrays in jaxmoe's layout)."""
     hf = read_hf_config(hf_dir)
     fam = get_family(family or detect_family(hf_dir))
+    if not hasattr(fam, "import_params"):
+        raise ExportError(f"family {fam.name if hasattr(fam, 'name') else family!r} converts whole run directories; "
+                          "use import_hf.")
     cfg = fam.config_from_hf(hf)
     with SafetensorsReader(hf_dir) as reader:
         params = fam.import_params(cfg, reader, hf)
@@ -131,7 +137,10 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path, *, family: str | None
     from jaxmoe.train.optimizer import make_optimizer
     from jaxmoe.train.state import TrainState
 
-    cfg, params = load_hf(hf_dir, family)
+    fam = get_family(family or detect_family(hf_dir))
+    if hasattr(fam, "import_run"):  # families that convert whole run directories themselves
+        return Path(fam.import_run(hf_dir, out_run_dir))
+    cfg, params = load_hf(hf_dir, fam.name)
     run = Path(out_run_dir).absolute()
     if ckpt.checkpoint_dir(run).exists() and any(ckpt.checkpoint_dir(run).iterdir()):
         raise ExportError(f"{run} already holds checkpoints; choose an empty output directory.")
@@ -160,6 +169,8 @@ def hf_info(hf_dir: str | Path) -> dict[str, Any]:
     hf = read_hf_config(hf_dir)
     name = detect_family(hf_dir)
     fam = get_family(name)
+    if hasattr(fam, "hf_info"):
+        return fam.hf_info(hf_dir)
     cfg = fam.config_from_hf(hf)
     m = cfg.model
     with SafetensorsReader(hf_dir) as reader:

@@ -11,7 +11,12 @@ A family module exposes ``FAMILY``, an object with:
 * optionally ``count_active(model_cfg) -> (total, active)``.
 
 The decoder-LM families derive from :class:`~jaxmoe.export.families.common.LMFamily`.
-Adding a family is one line here plus its module.
+
+A family that converts whole run directories itself (e.g. Time-MoE) may instead expose,
+at module level (or on ``FAMILY``): ``model_types``, ``export_run(run_dir, out_dir, *,
+shard_size, step, dtype) -> dict | path`` and ``import_run(hf_dir, out_run_dir) -> path``
+(optionally ``hf_info(hf_dir) -> dict``); :mod:`jaxmoe.export.api` then delegates to them.
+Adding a family is one line in ``FAMILIES`` plus its module.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ def get_family(name: str):
         path = FAMILIES[name]
     except KeyError:
         raise ExportError(f"family {name!r} is not supported; choose one of {', '.join(FAMILIES)}.") from None
-    return importlib.import_module(path).FAMILY
+    module = importlib.import_module(path)
+    return getattr(module, "FAMILY", module)
 
 
 def family_for_model_type(model_type: str):
     """The registered family whose ``model_types`` contains ``model_type`` (or None)."""
     for name in FAMILIES:
         fam = get_family(name)
-        if model_type in getattr(fam, "model_types", (name,)):
+        if model_type in getattr(fam, "model_types", (name,)) or model_type == name:
             return fam
     return None
