@@ -58,7 +58,7 @@ class MoEConfig:
     dense_ffn_dim: int = 0  # FFN width of dense layers; 0 -> 4 * embed_dim
     dispatch: Literal["dropless", "capacity", "dense"] = "dropless"
     capacity_factor: float = 1.25
-    gmm_backend: Literal["auto", "xla", "xla_vjp"] = "auto"
+    gmm_backend: Literal["auto", "xla", "xla_vjp", "pallas_mgpu", "megablox"] = "auto"
     balance_loss: Literal["expert", "switch", "none"] = "expert"
     balance_coef: float = 0.01
     seq_aux: bool = False  # DeepSeekMoE sequence-wise balance loss

@@ -107,3 +107,22 @@ def test_nonfinite_step_is_skipped():
     new, m = step(state, batch)
     assert int(m["skipped"]) == 1 and int(new.skipped) == 1
     chex.assert_trees_all_equal(new.params, state.params)
+
+
+@pytest.mark.parametrize("pattern", [("mamba", "attn"), ("diag_ssm", "attn", "attn")])
+def test_hybrid_ssm_stack_cached_decode_equals_full_forward(pattern):
+    cfg = tiny(layer_pattern=pattern, num_layers=4, ssm_state_dim=4, ssm_expand=2)
+    p = lm.init(jax.random.PRNGKey(1), cfg)
+    kinds = [u for g in lm.groups(cfg) for u in g.unit]
+    assert any(m != "attn" for m, _ in kinds)
+    toks = jax.random.randint(jax.random.PRNGKey(2), (2, 8), 0, 40)
+    full, _ = lm.apply(p, toks, cfg)
+    chex.assert_tree_all_finite(full)
+    cache = lm.init_cache(cfg, 2, 12)
+    logits, cache = lm.prefill(p, toks[:, :3], cfg, cache)
+    outs = [logits]
+    step = jax.jit(lambda p, t, c: lm.decode_step(p, t, cfg, c))
+    for i in range(3, 8):
+        l, cache = step(p, toks[:, i], cache)
+        outs.append(l[:, None])
+    chex.assert_trees_all_close(jnp.concatenate(outs, 1), full, atol=5e-5, rtol=5e-5)

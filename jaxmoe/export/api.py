@@ -48,11 +48,11 @@ def detect_family(hf_dir: str | Path) -> str:
     """Family name (a key of ``FAMILIES``) of an HF directory, from config.json's model_type."""
     hf = read_hf_config(hf_dir)
     model_type = hf.get("model_type", "")
-    fam = family_for_model_type(model_type)
-    if fam is None:
+    name = family_for_model_type(model_type)
+    if name is None:
         raise ExportError(f"model_type {model_type!r} in {Path(hf_dir) / 'config.json'} is not supported; supported "
                           f"families: {', '.join(FAMILIES)}.")
-    return fam.name
+    return name
 
 
 def save_hf(cfg: Config, params, family: str, out_dir: str | Path, shard_size: int | str = "2GB",
@@ -111,8 +111,7 @@ def load_hf(hf_dir: str | Path, family: str | None = None) -> tuple[Config, dict
     hf = read_hf_config(hf_dir)
     fam = get_family(family or detect_family(hf_dir))
     if not hasattr(fam, "import_params"):
-        raise ExportError(f"family {fam.name if hasattr(fam, 'name') else family!r} converts whole run directories; "
-                          "use import_hf.")
+        raise ExportError(f"family {family or detect_family(hf_dir)!r} converts whole run directories; use import_hf.")
     cfg = fam.config_from_hf(hf)
     with SafetensorsReader(hf_dir) as reader:
         params = fam.import_params(cfg, reader, hf)
@@ -137,10 +136,11 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path, *, family: str | None
     from jaxmoe.train.optimizer import make_optimizer
     from jaxmoe.train.state import TrainState
 
-    fam = get_family(family or detect_family(hf_dir))
+    family = family or detect_family(hf_dir)
+    fam = get_family(family)
     if hasattr(fam, "import_run"):  # families that convert whole run directories themselves
         return Path(fam.import_run(hf_dir, out_run_dir))
-    cfg, params = load_hf(hf_dir, fam.name)
+    cfg, params = load_hf(hf_dir, family)
     run = Path(out_run_dir).absolute()
     if ckpt.checkpoint_dir(run).exists() and any(ckpt.checkpoint_dir(run).iterdir()):
         raise ExportError(f"{run} already holds checkpoints; choose an empty output directory.")

@@ -314,8 +314,11 @@ def decode_step(params, token: jax.Array, cfg: ModelConfig, cache: dict, **kwarg
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean next-token cross-entropy in fp32 over positions where ``mask`` is 1."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    logits = logits.astype(jnp.float32)
+    # logsumexp - target logit; the one-hot product fuses into one pass (no log-softmax or
+    # scatter-shaped gradient materialised over the vocabulary)
+    onehot = targets[..., None].astype(jnp.int32) == jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
     if mask is None:
         return nll.mean()
     mask = mask.astype(jnp.float32)

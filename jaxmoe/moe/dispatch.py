@@ -100,8 +100,12 @@ def expert_swiglu_grouped(xs: jax.Array, experts: dict, group_sizes: jax.Array, 
     ``xs_up`` (rows fed to ``up`` instead of ``xs``) and ``h_scale [M, ffn]`` (multiplies
     the hidden activations) implement IA3-modified experts."""
     dt = xs.dtype
-    g = gmm(xs, experts["gate"].astype(dt), group_sizes, backend=backend)
-    u = gmm(xs if xs_up is None else xs_up, experts["up"].astype(dt), group_sizes, backend=backend)
+    if xs_up is None:  # one grouped matmul for gate and up (weights concatenated in the compute dtype)
+        gate_up = jnp.concatenate([experts["gate"].astype(dt), experts["up"].astype(dt)], axis=-1)
+        g, u = jnp.split(gmm(xs, gate_up, group_sizes, backend=backend), 2, axis=-1)
+    else:
+        g = gmm(xs, experts["gate"].astype(dt), group_sizes, backend=backend)
+        u = gmm(xs_up, experts["up"].astype(dt), group_sizes, backend=backend)
     h = ACTIVATIONS[activation](g) * u
     if h_scale is not None:
         h = h * h_scale.astype(dt)

@@ -2,24 +2,94 @@
 
 One function, :func:`gmm`, with several backends:
 
-- ``xla``: ``jax.lax.ragged_dot`` with JAX's own autodiff (portable, any platform).
-- ``xla_vjp``: the same forward kernel behind an explicit ``custom_vjp`` whose backward
-  is ``dx = ragged_dot(dy, rhs^T)`` and ``dW = per-group lhs^T dy``. This is the wiring
-  every accelerator kernel plugs into, tested here with the portable kernels.
+- ``xla``: ``jax.lax.ragged_dot`` with JAX's own autodiff (portable, any platform). On GPU
+  XLA lowers it to a dense masked matmul over every group (E times the work).
+- ``xla_vjp``: the same forward kernel behind the explicit ``custom_vjp`` that every
+  accelerator kernel plugs into (:func:`make_vjp_gmm`): ``dx = dy @ rhs^T`` per group and
+  ``dW = per-group lhs^T dy``. Tested with the portable kernels.
+- ``pallas_mgpu`` (NVIDIA Hopper, compute capability 9.x): the Pallas Mosaic-GPU kernels
+  shipped with JAX -- ``ragged_dot_mgpu.ragged_dot`` forward, the same kernel with
+  ``transpose_rhs=True`` for dx, ``transposed_ragged_dot_mgpu`` for dW -- with block
+  sizes chosen per shape (:data:`PALLAS_BLOCKS`, tuned on an H200). Few rows (decode)
+  take a gather path that reads only the used groups' weights.
+- ``megablox`` (TPU): ``jax.experimental.pallas.ops.tpu.megablox`` ``gmm``/``tgmm``
+  (elsewhere it runs in Pallas interpret mode: slow, for tests only).
 
-``auto`` picks by platform; ``JAXMOE_GMM_BACKEND`` overrides the config.
-Rows past ``sum(group_sizes)`` produce zeros.
+The Pallas kernels need K and N padded to their block sizes and lhs/rhs of one dtype; the
+padded backends (:func:`padded_gmm`) pad rows/K/N with zeros and append one all-zero
+group that owns every row past ``sum(group_sizes)`` (padded rows belong to no real
+group), so the kernels always see fully covered rows and rows past the groups come out 0.
+
+``auto`` picks by platform and chip (:func:`auto_backend`); the config's
+``model.moe.gmm_backend`` chooses explicitly and the environment variable
+``JAXMOE_GMM_BACKEND`` overrides both. Rows past ``sum(group_sizes)`` produce zeros.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
+import math
 import os
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-BACKENDS = ("xla", "xla_vjp")
+BACKENDS = ("xla", "xla_vjp", "pallas_mgpu", "megablox")
+
+
+# ------------------------------------------------------------------ platform probing
+
+
+def _platform() -> str:
+    return jax.default_backend()
+
+
+def _compute_capability() -> str:
+    """``"9.0"`` on an H100/H200; ``""`` when unknown or not an NVIDIA GPU."""
+    try:
+        return str(getattr(jax.devices()[0], "compute_capability", "") or "")
+    except Exception:  # pragma: no cover - no devices
+        return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _import(name: str):
+    """Import a (Pallas) module lazily; None when it is missing or fails to import."""
+    try:
+        return importlib.import_module(name)
+    except Exception:
+        return None
+
+
+def _mgpu_modules():
+    fwd = _import("jax.experimental.pallas.ops.gpu.ragged_dot_mgpu")
+    tr = _import("jax.experimental.pallas.ops.gpu.transposed_ragged_dot_mgpu")
+    return (fwd, tr) if fwd is not None and tr is not None else None
+
+
+def _megablox_module():
+    return _import("jax.experimental.pallas.ops.tpu.megablox.gmm")
+
+
+def pallas_mgpu_available() -> bool:
+    return _mgpu_modules() is not None
+
+
+def megablox_available() -> bool:
+    return _megablox_module() is not None
+
+
+def auto_backend() -> str:
+    """GPU with compute capability 9.x -> ``pallas_mgpu``; TPU -> ``megablox``; else ``xla``."""
+    platform = _platform()
+    if platform == "gpu" and _compute_capability().startswith("9.") and pallas_mgpu_available():
+        return "pallas_mgpu"
+    if platform == "tpu" and megablox_available():
+        return "megablox"
+    return "xla"
 
 
 def resolve_backend(requested: str = "auto") -> str:
@@ -27,10 +97,19 @@ def resolve_backend(requested: str = "auto") -> str:
     env = os.environ.get("JAXMOE_GMM_BACKEND")
     choice = env or requested
     if choice == "auto":
-        return "xla"
+        return auto_backend()
     if choice not in BACKENDS:
         raise ValueError(f"grouped-matmul backend {choice!r} is not available; choose one of auto, {', '.join(BACKENDS)}.")
+    if choice == "pallas_mgpu" and not (_platform() == "gpu" and pallas_mgpu_available()):
+        raise ValueError("grouped-matmul backend 'pallas_mgpu' needs an NVIDIA Hopper GPU and JAX's Pallas Mosaic-GPU "
+                         "kernels; choose one of auto, xla, xla_vjp.")
+    if choice == "megablox" and not megablox_available():
+        raise ValueError("grouped-matmul backend 'megablox' needs JAX's Pallas TPU megablox kernels; "
+                         "choose one of auto, xla, xla_vjp.")
     return choice
+
+
+# ------------------------------------------------------------------- portable kernels
 
 
 def _ragged(lhs, rhs, group_sizes):
@@ -47,24 +126,212 @@ def transposed_gmm(lhs: jax.Array, dy: jax.Array, group_sizes: jax.Array) -> jax
     return jax.lax.ragged_dot_general(lhs, dy, group_sizes, dn, preferred_element_type=jnp.float32)
 
 
-@jax.custom_vjp
-def _gmm_vjp(lhs, rhs, group_sizes):
-    return _ragged(lhs, rhs, group_sizes)
+class Kernels(NamedTuple):
+    """The three kernels of a grouped matmul and its gradient (all on sorted rows).
+
+    ``fwd(lhs [M, K], rhs [E, K, N], gs) -> [M, N]``; ``dx(dy [M, N], rhs [E, K, N], gs) ->
+    [M, K]`` (contracting rhs's N); ``dw(lhs [M, K], dy [M, N], gs) -> [E, K, N]``.
+    """
+
+    fwd: Callable
+    dx: Callable
+    dw: Callable
 
 
-def _gmm_fwd(lhs, rhs, group_sizes):
-    return _ragged(lhs, rhs, group_sizes), (lhs, rhs, group_sizes)
+XLA_KERNELS = Kernels(
+    fwd=_ragged,
+    dx=lambda dy, rhs, gs: _ragged(dy, jnp.swapaxes(rhs, 1, 2), gs),
+    dw=lambda lhs, dy, gs: transposed_gmm(lhs, dy, gs),
+)
 
 
-def _gmm_bwd(res, dy):
-    lhs, rhs, group_sizes = res
-    dx = jax.lax.ragged_dot(dy.astype(rhs.dtype), jnp.swapaxes(rhs, 1, 2), group_sizes,
-                            preferred_element_type=jnp.float32).astype(lhs.dtype)
-    dw = transposed_gmm(lhs, dy.astype(lhs.dtype), group_sizes).astype(rhs.dtype)
-    return dx, dw, None
+def make_vjp_gmm(kernels: Kernels) -> Callable:
+    """``f(lhs, rhs, group_sizes)`` with ``kernels.fwd`` forward and a ``custom_vjp`` whose
+    backward is ``dx = kernels.dx(dy, rhs)``, ``dW = kernels.dw(lhs, dy)``."""
+
+    @jax.custom_vjp
+    def f(lhs, rhs, group_sizes):
+        return kernels.fwd(lhs, rhs, group_sizes).astype(lhs.dtype)
+
+    def f_fwd(lhs, rhs, group_sizes):
+        return f(lhs, rhs, group_sizes), (lhs, rhs, group_sizes)
+
+    def f_bwd(res, dy):
+        lhs, rhs, group_sizes = res
+        dy = dy.astype(lhs.dtype)
+        dx = kernels.dx(dy, rhs.astype(lhs.dtype), group_sizes).astype(lhs.dtype)
+        dw = kernels.dw(lhs, dy, group_sizes).astype(rhs.dtype)
+        return dx, dw, None
+
+    f.defvjp(f_fwd, f_bwd)
+    return f
 
 
-_gmm_vjp.defvjp(_gmm_fwd, _gmm_bwd)
+_gmm_vjp = make_vjp_gmm(XLA_KERNELS)
+
+
+# --------------------------------------------------------------------------- padding
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+class Align(NamedTuple):
+    rows: int = 1
+    k: int = 1
+    n: int = 1
+
+
+def padded_gmm(vjp_fn: Callable, align: Align, lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array) -> jax.Array:
+    """Run ``vjp_fn`` (built by :func:`make_vjp_gmm`) on inputs padded to ``align``.
+
+    Rows, K and N are zero-padded to multiples of ``align``; one zero group is appended that
+    owns every row past ``sum(group_sizes)`` (and the padded rows), so kernels that require
+    the groups to cover all rows compute zeros there. Gradients flow through the pads
+    (JAX's pad/slice transposes), so the result is differentiable like :func:`gmm`.
+    """
+    m, k = lhs.shape
+    e, _, n = rhs.shape
+    mp, kp, np_ = _round_up(max(m, 1), align.rows), _round_up(k, align.k), _round_up(n, align.n)
+    lhs_p = jnp.pad(lhs, ((0, mp - m), (0, kp - k))) if (mp, kp) != (m, k) else lhs
+    rhs_p = jnp.pad(rhs.astype(lhs.dtype), ((0, 1), (0, kp - k), (0, np_ - n)))
+    gs = group_sizes.astype(jnp.int32)
+    gs_p = jnp.concatenate([gs, (mp - gs.sum())[None]])
+    out = vjp_fn(lhs_p, rhs_p, gs_p)
+    return out[:m, :n] if (mp, np_) != (m, n) else out
+
+
+def _row_groups(group_sizes: jax.Array, m: int) -> tuple[jax.Array, jax.Array]:
+    """Group id of each of ``m`` sorted rows (clipped) and whether the row is in a group."""
+    ends = jnp.cumsum(group_sizes.astype(jnp.int32))
+    gid = jnp.searchsorted(ends, jnp.arange(m, dtype=jnp.int32), side="right")
+    return jnp.minimum(gid, group_sizes.shape[0] - 1), jnp.arange(m) < ends[-1]
+
+
+def gather_gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array) -> jax.Array:
+    """Few-row path: gather each row's group matrix and contract (reads only used groups)."""
+    gid, inside = _row_groups(group_sizes, lhs.shape[0])
+    w = jnp.take(rhs.astype(lhs.dtype), gid, axis=0)  # [M, K, N]
+    out = jnp.einsum("mk,mkn->mn", lhs, w, preferred_element_type=jnp.float32)
+    return jnp.where(inside[:, None], out, 0).astype(lhs.dtype)
+
+
+def _small(m: int, e: int) -> bool:
+    """Rows few enough that gathering M weight matrices beats streaming all E groups."""
+    return 3 * m <= e
+
+
+# ------------------------------------------------------------------- Pallas Mosaic GPU
+
+DEFAULT_FWD = dict(block_m=128, block_n=128, block_k=64, max_concurrent_steps=4, grid_block_n=8)
+DEFAULT_DW = dict(block_m=128, block_n=128, block_k=64, max_concurrent_steps=4, grid_block_n=8)
+
+# Block sizes per (kernel, K, N) with K the contracted width of fwd/dx and the lhs width of
+# dw; tuned on one H200 (JAX 0.11.2) with benchmarks/moe_layer.py --tune.
+PALLAS_BLOCKS: dict[tuple[str, int, int], dict] = {}
+
+
+def pallas_blocks(kind: str, k: int, n: int) -> dict:
+    """Block config for ``kind`` in (fwd, dx, dw): the tuned entry or the default. ``JAXMOE_GMM_BLOCKS``
+    (``kind:bm,bn,bk,steps,gbn;...``) overrides for tuning."""
+    env = os.environ.get("JAXMOE_GMM_BLOCKS", "")
+    for item in filter(None, env.split(";")):
+        name, vals = item.split(":")
+        if name == kind:
+            bm, bn, bk, st, gb = (int(v) for v in vals.split(","))
+            return dict(block_m=bm, block_n=bn, block_k=bk, max_concurrent_steps=st, grid_block_n=gb)
+    return dict(PALLAS_BLOCKS.get((kind, k, n), DEFAULT_DW if kind == "dw" else DEFAULT_FWD))
+
+
+def _accepts(fn, kwargs: dict) -> dict:
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _mgpu_fwd(cfg: dict):
+    def fwd(lhs, rhs, gs):
+        mod = _mgpu_modules()[0]
+        return mod.ragged_dot(lhs, rhs, group_sizes=gs, **_accepts(mod.ragged_dot, cfg))
+    return fwd
+
+
+def _mgpu_dx(cfg: dict):
+    def dx(dy, rhs, gs):
+        mod = _mgpu_modules()[0]
+        return mod.ragged_dot(dy, rhs, group_sizes=gs, transpose_rhs=True, **_accepts(mod.ragged_dot, cfg))
+    return dx
+
+
+def _mgpu_dw(cfg: dict):
+    def dw(lhs, dy, gs):
+        mod = _mgpu_modules()[1]
+        return mod.transposed_ragged_dot(lhs, dy, group_sizes=gs, **_accepts(mod.transposed_ragged_dot, cfg))
+    return dw
+
+
+@functools.lru_cache(maxsize=None)
+def _mgpu_vjp(fwd_cfg: tuple, dx_cfg: tuple, dw_cfg: tuple) -> Callable:
+    return make_vjp_gmm(Kernels(_mgpu_fwd(dict(fwd_cfg)), _mgpu_dx(dict(dx_cfg)), _mgpu_dw(dict(dw_cfg))))
+
+
+def pallas_mgpu_gmm(lhs, rhs, group_sizes, fwd_cfg: dict | None = None, dx_cfg: dict | None = None,
+                    dw_cfg: dict | None = None):
+    """Hopper grouped matmul (see module docstring); explicit block configs for tuning."""
+    m, k = lhs.shape
+    e, _, n = rhs.shape
+    if _small(m, e):
+        return gather_gmm(lhs, rhs, group_sizes)
+    fwd_cfg = fwd_cfg or pallas_blocks("fwd", k, n)
+    dx_cfg = dx_cfg or pallas_blocks("dx", n, k)
+    dw_cfg = dw_cfg or pallas_blocks("dw", k, n)
+    # fwd contracts K (block_k) and writes N (block_n); dx contracts N and writes K; dw
+    # tiles K with block_m and N with block_n.
+    align = Align(rows=fwd_cfg["block_m"],
+                  k=math.lcm(fwd_cfg["block_k"], dx_cfg["block_n"], dw_cfg["block_m"]),
+                  n=math.lcm(fwd_cfg["block_n"], dx_cfg["block_k"], dw_cfg["block_n"]))
+    fn = _mgpu_vjp(tuple(sorted(fwd_cfg.items())), tuple(sorted(dx_cfg.items())), tuple(sorted(dw_cfg.items())))
+    return padded_gmm(fn, align, lhs, rhs.astype(lhs.dtype), group_sizes)
+
+
+# ----------------------------------------------------------------------- megablox (TPU)
+
+MEGABLOX_TILING = (128, 128, 128)
+
+
+def _megablox_interpret() -> bool:
+    return _platform() != "tpu"
+
+
+def _megablox_kernels(tiling=MEGABLOX_TILING) -> Kernels:
+    def fwd(lhs, rhs, gs):
+        mod = _megablox_module()
+        return mod.gmm(lhs, rhs, gs, lhs.dtype, tiling, interpret=_megablox_interpret())
+
+    def dx(dy, rhs, gs):
+        mod = _megablox_module()
+        return mod.gmm(dy, rhs, gs, dy.dtype, tiling, transpose_rhs=True, interpret=_megablox_interpret())
+
+    def dw(lhs, dy, gs):
+        mod = _megablox_module()
+        return mod.tgmm(lhs.T, dy, gs, jnp.float32, tiling, interpret=_megablox_interpret())
+
+    return Kernels(fwd, dx, dw)
+
+
+@functools.lru_cache(maxsize=None)
+def _megablox_vjp(tiling: tuple) -> Callable:
+    return make_vjp_gmm(_megablox_kernels(tiling))
+
+
+def megablox_gmm(lhs, rhs, group_sizes, tiling: tuple = MEGABLOX_TILING):
+    tm, tk, tn = tiling
+    kn = math.lcm(tk, tn)  # dx contracts N (tk) and writes K (tn)
+    return padded_gmm(_megablox_vjp(tuple(tiling)), Align(rows=tm, k=kn, n=kn), lhs, rhs.astype(lhs.dtype),
+                      group_sizes)
+
+
+# ----------------------------------------------------------------------------- entry
 
 
 @functools.partial(jax.jit, static_argnames=("backend",))
@@ -77,4 +344,8 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, backend: str = "
         return _ragged(lhs, rhs, group_sizes)
     if backend == "xla_vjp":
         return _gmm_vjp(lhs, rhs, group_sizes)
+    if backend == "pallas_mgpu":
+        return pallas_mgpu_gmm(lhs, rhs, group_sizes)
+    if backend == "megablox":
+        return megablox_gmm(lhs, rhs, group_sizes)
     raise ValueError(f"grouped-matmul backend {backend!r} is not available; choose one of {', '.join(BACKENDS)}.")

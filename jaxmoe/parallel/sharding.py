@@ -18,7 +18,9 @@ The active mesh: the trainer runs its steps inside ``with use_mesh(mesh, rules):
 that needs it at trace time (:func:`constrain`, the MoE layer's expert-parallel path)
 reads :func:`current_mesh`. Without an active mesh (or with a single-device one) these
 are no-ops and the model runs exactly as on one device. The context is read when a jitted
-function is *traced*: build jitted functions inside the context (or fresh per mesh).
+function is *traced*; it also enters JAX's abstract-mesh context, which is part of jit's
+cache key, so ``jax.jit(f)`` retraces per mesh shape. Changing only the rules or exchange
+options for the same mesh shape needs a fresh ``jax.jit`` of the function.
 """
 
 from __future__ import annotations
@@ -123,9 +125,19 @@ def use_mesh(mesh, rules: Rules | Iterable | None = None, *, all_to_all: str = "
     _state.rules = rules if isinstance(rules, dict) else make_rules(rules)
     _state.options = {"all_to_all": all_to_all, "exchange_capacity": float(exchange_capacity)}
     try:
-        yield mesh
+        with _jax_mesh_context(mesh):
+            yield mesh
     finally:
         _state.mesh, _state.rules, _state.options = old
+
+
+def _jax_mesh_context(mesh):
+    """JAX's abstract-mesh context: it is part of jit's cache key, so a function traced
+    without a mesh (or under another mesh shape) is traced again under this one."""
+    fn = getattr(jax.sharding, "use_abstract_mesh", None)
+    if mesh is None or fn is None or not hasattr(mesh, "abstract_mesh"):
+        return contextlib.nullcontext()
+    return fn(mesh.abstract_mesh)
 
 
 def use_mesh_config(mesh, mesh_cfg: MeshConfig):

@@ -153,6 +153,13 @@ def companion_step(params: dict, u_t: jax.Array, state: dict, *, normalize_a: bo
     return y.astype(u_t.dtype), {"ssm": x}
 
 
+def _check_rollout(horizon: int, rollout: str):
+    if rollout not in ROLLOUTS:
+        raise ValueError(f"companion_closed_loop: rollout must be one of {ROLLOUTS}, got {rollout!r}.")
+    if int(horizon) != horizon or horizon < 1:
+        raise ValueError(f"companion_closed_loop: horizon must be a positive int, got {horizon!r}.")
+
+
 def companion_closed_loop(
     params: dict,
     state: dict,
@@ -178,10 +185,7 @@ def companion_closed_loop(
     Returns:
       ``[batch, horizon, embed]`` float32.
     """
-    if rollout not in ROLLOUTS:
-        raise ValueError(f"companion_closed_loop: rollout must be one of {ROLLOUTS}, got {rollout!r}.")
-    if int(horizon) != horizon or horizon < 1:
-        raise ValueError(f"companion_closed_loop: horizon must be a positive int, got {horizon!r}.")
+    _check_rollout(horizon, rollout)
     params = unbox(params)
     a, b, c, k, d = _matrices(params, normalize_a)
     x = state["ssm"].astype(jnp.float32)
@@ -224,6 +228,7 @@ def companion_forecast(
       ``"forecast": [batch, horizon, embed]`` (predicts ``u_L..u_{L+horizon-1}``)``}``,
       all float32.
     """
+    _check_rollout(horizon, rollout)
     params = unbox(params)
     lag = lag.astype(jnp.float32)
     y, state = companion_ssm(params, lag, mode=mode, normalize_a=normalize_a, return_state=True)
@@ -261,6 +266,9 @@ def companion_loss(
             f"companion_loss: need lag [batch, seq, embed] and future [batch, horizon, embed], "
             f"got {lag.shape} and {future.shape}."
         )
+    w = tuple(weights)
+    if len(w) != 3:
+        raise ValueError(f"companion_loss: weights must be 3 numbers (horizon, lag, next_input), got {weights}.")
     out = companion_forecast(params, lag, future.shape[1], normalize_a=normalize_a)
     lag = lag.astype(jnp.float32)
     parts = {
@@ -268,9 +276,6 @@ def companion_loss(
         "lag": jnp.mean((out["output"][:, :-1] - lag[:, 1:]) ** 2),
         "next_input": jnp.mean((out["next_input"][:, :-1] - lag[:, 1:]) ** 2),
     }
-    w = tuple(weights)
-    if len(w) != 3:
-        raise ValueError(f"companion_loss: weights must be 3 numbers (horizon, lag, next_input), got {weights}.")
     loss = w[0] * parts["horizon"] + w[1] * parts["lag"] + w[2] * parts["next_input"]
     return loss, parts
 

@@ -43,10 +43,9 @@ def get_family(name: str):
     return getattr(module, "FAMILY", module)
 
 
-def family_for_model_type(model_type: str):
-    """The registered family whose ``model_types`` contains ``model_type`` (or None)."""
+def family_for_model_type(model_type: str) -> str | None:
+    """Name of the registered family whose ``model_types`` contains ``model_type`` (or None)."""
     for name in FAMILIES:
-        fam = get_family(name)
-        if model_type in getattr(fam, "model_types", (name,)) or model_type == name:
-            return fam
+        if model_type == name or model_type in getattr(get_family(name), "model_types", ()):
+            return name
     return None
