@@ -37,19 +37,23 @@ from jaxmoe.ssm.mamba import selective_scan
 from jaxmoe.ssm.scan import linear_recurrence
 
 LAYERS = ("recurrence", "diagonal", "lssl", "mamba")
-CPU_DEFAULTS = dict(batch=2, channels=16, state=16, lengths="256,1024,4096", max_matrix_gb=0.5)
+CPU_DEFAULTS = dict(batch=2, channels=16, state=16, lengths="256,1024,4096", max_matrix_gb=0.02)
 GPU_DEFAULTS = dict(batch=8, channels=512, state=64, lengths="1024,4096,16384", max_matrix_gb=16.0)
 
 
-def _time(fn, args, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
+def _time(fn, args, warmup: int, repeats: int) -> tuple[float, float]:
+    """``(median seconds per call, seconds of the first call: compile + run)``."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
         jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), first
 
 
 def _with_grad(fn):
@@ -57,7 +61,8 @@ def _with_grad(fn):
     return lambda *args: jax.grad(lambda a: jnp.sum(fn(*a).astype(jnp.float32)))(args)
 
 
-def _cases(layer: str, batch: int, length: int, channels: int, state: int, dtype, key, max_matrix_bytes: float):
+def _cases(layer: str, batch: int, length: int, channels: int, state: int, dtype, key, max_matrix_bytes: float,
+           chunk_size: int):
     """Yield ``(mode, fn, args, bytes_moved, skip_reason)`` for one layer and length."""
     itemsize = jnp.dtype(dtype).itemsize
     k1, k2, k3 = jax.random.split(key, 3)
@@ -66,7 +71,7 @@ def _cases(layer: str, batch: int, length: int, channels: int, state: int, dtype
     if layer == "recurrence":
         a = jax.random.uniform(k2, x.shape, dtype, 0.5, 1.0)
         b = jax.random.normal(k3, x.shape, dtype)
-        chunk = min(256, length)
+        chunk = min(chunk_size, length)
         for mode, kw in [("scan", dict(mode="scan")), ("assoc", dict(mode="assoc")),
                          (f"assoc/chunk{chunk}", dict(mode="assoc", chunk_size=chunk))]:
             yield mode, functools.partial(linear_recurrence, axis=1, **kw), (a, b), 3 * x.size * itemsize, None
@@ -86,11 +91,11 @@ def _cases(layer: str, batch: int, length: int, channels: int, state: int, dtype
         n = max(1, state // 4)  # Mamba's state per channel is small (16 by default)
         dt = jax.nn.softplus(jax.random.normal(k2, x.shape, dtype) - 4.0)
         bc = jax.random.normal(k3, (2, batch, length, n), dtype)
-        a = -jnp.exp(jnp.log(jnp.arange(1, n + 1, dtype=jnp.float32)))[None].repeat(channels, 0)
+        a = -jnp.tile(jnp.arange(1, n + 1, dtype=jnp.float32), (channels, 1))  # A_log = log(1..N)
         d = jnp.ones((channels,), jnp.float32)
         args = (x, dt, a, bc[0], bc[1], d)
         moved = (3 * x.size + 2 * bc[0].size) * itemsize
-        chunk = min(256, length)
+        chunk = min(chunk_size, length)
         for mode, kw in [("scan", dict(mode="scan")), ("assoc", dict(mode="assoc")),
                          (f"assoc/chunk{chunk}", dict(mode="assoc", chunk_size=chunk))]:
             fn = functools.partial(selective_scan, **kw)
@@ -107,9 +112,10 @@ def main(argv=None) -> int:
     parser.add_argument("--state", type=int, help="state size: LSSL N, diagonal modes P, Mamba N = state/4")
     parser.add_argument("--lengths", type=str, help="comma-separated sequence lengths")
     parser.add_argument("--layers", type=str, default=",".join(LAYERS), help=f"subset of {','.join(LAYERS)}")
+    parser.add_argument("--chunk-size", type=int, default=256, help="chunk of the chunked associative scans")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--grad", action="store_true", help="time forward + backward instead of forward")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs, the first compiles (>= 1)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-matrix-gb", type=float, help="skip LSSL parallel mode above this [seq,H,N,N] size")
     parser.add_argument("--jsonl", type=str, help="also write one JSON object per row to this file")
@@ -138,7 +144,7 @@ def main(argv=None) -> int:
     for layer in layers:
         for length in lengths:
             for mode, fn, fn_args, moved, skip in _cases(layer, batch, length, channels, state, dtype, key,
-                                                             max_matrix_bytes):
+                                                             max_matrix_bytes, args.chunk_size):
                 row = dict(layer=layer, mode=mode, batch=batch, seq=length, channels=channels, state=state,
                            dtype=dtype.name, grad=args.grad, platform=device.platform, jax=jax.__version__)
                 if skip:
@@ -146,9 +152,9 @@ def main(argv=None) -> int:
                     row.update(skipped=skip)
                 else:
                     run = jax.jit(_with_grad(fn) if args.grad else fn)
-                    seconds = _time(run, fn_args, args.warmup, args.repeats)
+                    seconds, first = _time(run, fn_args, max(args.warmup, 1), args.repeats)
                     elems = batch * length * channels
-                    row.update(seconds=seconds, elements_per_s=elems / seconds, gb_per_s=moved / seconds / 1e9,
+                    row.update(seconds=seconds, first_call_s=first, elements_per_s=elems / seconds, gb_per_s=moved / seconds / 1e9,
                                bytes_moved=moved)
                     print(f"{layer:<11} {mode:<16} {length:>7} {seconds * 1e3:>10.3f} "
                           f"{elems / seconds / 1e6:>10.2f} {moved / seconds / 1e9:>9.3f}")

@@ -120,6 +120,12 @@ class ModelConfig:
     input_size: int = 1
     use_dense: bool = False
     aux_loss_coef: float = 0.02
+    # Moirai-MoE style (family moirai_moe): points per patch token, components of the mixture
+    # distribution head, and the MoE gating: a learned top-k router, or fixed per-layer centroids
+    # ("centroid": top-k of the distances as in the released code; "centroid_nearest": the k nearest)
+    patch_size: int = 16
+    mixture_components: tuple[str, ...] = ("student_t", "normal_fixed", "negative_binomial", "log_normal")
+    moirai_gating: Literal["learned", "centroid", "centroid_nearest"] = "learned"
     extra: tuple[tuple[str, Any], ...] = ()  # family-specific options as (key, value) pairs
 
     @property
@@ -173,6 +179,7 @@ class TrainConfig:
     max_consecutive_skips: int = 5
     progress: bool = True
     tensorboard: bool = False
+    spike_factor: float = 3.0  # log a loss spike when loss > spike_factor x running mean (0 = off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,6 +437,9 @@ def validate(cfg: Config) -> None:
                and moe.readme_dim % moe.readme_heads == 0 and (moe.readme_dim // moe.readme_heads) % 2 == 0,
                f"model.moe.readme_heads={moe.readme_heads} must divide model.moe.readme_dim={moe.readme_dim} "
                "into an even head size, with readme_layers >= 1.")
+        _check(not moe.selection_bias and moe.num_groups == 1,
+               "model.moe.router=readme shares one expert choice across layers; it cannot use selection_bias or "
+               "num_groups > 1.")
     _check(moe.num_groups >= 1 and moe.num_experts % moe.num_groups == 0,
            f"model.moe.num_groups={moe.num_groups} must divide model.moe.num_experts={moe.num_experts}.")
     _check(1 <= moe.topk_groups <= moe.num_groups,
@@ -450,11 +460,23 @@ def validate(cfg: Config) -> None:
     _check(t.log_every >= 1, "train.log_every must be >= 1.")
     _check(t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end).")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1.")
+    _check(t.max_consecutive_skips >= 1, "train.max_consecutive_skips must be >= 1.")
+    _check(t.spike_factor == 0 or t.spike_factor > 1,
+           f"train.spike_factor={t.spike_factor} must be 0 (off) or greater than 1.")
     if m.family == "time_moe":
         _check(len(m.horizons) > 0 and all(h >= 1 for h in m.horizons) and len(set(m.horizons)) == len(m.horizons),
                f"model.horizons={list(m.horizons)} must be distinct positive integers, e.g. [1, 8, 32, 64].")
         _check(m.input_size >= 1 and m.ffn_dim >= 0 and m.aux_loss_coef >= 0,
                "model.input_size must be >= 1, model.ffn_dim >= 0 (0 = 4 * embed_dim), model.aux_loss_coef >= 0.")
+    if m.family == "moirai_moe":
+        comps = ("student_t", "normal", "normal_fixed", "negative_binomial", "log_normal")
+        _check(m.patch_size >= 1 and d.seq_len % m.patch_size == 0,
+               f"data.seq_len={d.seq_len} must be a positive multiple of model.patch_size={m.patch_size}.")
+        _check(len(m.mixture_components) > 0 and len(set(m.mixture_components)) == len(m.mixture_components)
+               and all(c in comps for c in m.mixture_components)
+               and any(c in comps[:3] for c in m.mixture_components),
+               f"model.mixture_components={list(m.mixture_components)} must be distinct names from {', '.join(comps)}, "
+               "including one of student_t, normal, normal_fixed (negative values need a real-valued component).")
     _check(d.stride >= 0, "data.stride must be >= 0 (0 = data.seq_len).")
     _check(not d.source_weights or len(d.source_weights) == len(d.sources),
            f"data.source_weights has {len(d.source_weights)} entries but data.sources has {len(d.sources)}; "

@@ -14,12 +14,23 @@ from jaxmoe.nn import mla as mla_lib
 from jaxmoe.nn.init import unbox
 
 
+def random_like(shapes, seed=0, std=0.3):
+    """Random params with the structure of ``shapes`` (numpy: no per-shape RNG compiles);
+    norm scales around 1 so every norm is exercised."""
+    rng = np.random.RandomState(seed)
+    leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
+    out = []
+    for path, s in leaves:
+        scale = "scale" in jax.tree_util.keystr(path)
+        out.append(jnp.asarray((1.0 if scale else 0.0) + std * rng.standard_normal(s.shape), jnp.float32))
+    return jax.tree.unflatten(tree, out)
+
+
 def _mla_params(q_lora_rank, seed=0, embed=24, heads=3):
-    p = unbox(mla_lib.init_mla(jax.random.PRNGKey(seed), embed, heads, q_lora_rank=q_lora_rank, kv_lora_rank=10,
-                               qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5, std=0.3))
-    # non-trivial norm scales so the latent norms are exercised
-    p["kv_a_norm"]["scale"] = 1.0 + 0.3 * jax.random.normal(jax.random.PRNGKey(seed + 7), (10,))
-    return p
+    shapes = jax.eval_shape(lambda: unbox(mla_lib.init_mla(
+        jax.random.PRNGKey(seed), embed, heads, q_lora_rank=q_lora_rank, kv_lora_rank=10, qk_nope_head_dim=6,
+        qk_rope_head_dim=4, v_head_dim=5)))
+    return random_like(shapes, seed)
 
 
 @pytest.mark.parametrize("q_lora_rank", [0, 8], ids=["plain_q", "low_rank_q"])
@@ -83,14 +94,14 @@ def _mla_lm(**kw):
 def test_mla_lm_cache_and_decode_equal_full_forward(q_lora_rank):
     cfg = _mla_lm(q_lora_rank=q_lora_rank)
     validate(Config(model=cfg, data=DataConfig(seq_len=16)))
-    p = lm.init(jax.random.PRNGKey(0), cfg)
+    p = random_like(jax.eval_shape(lambda: lm.init(jax.random.PRNGKey(0), cfg)), std=0.2)
     cache = lm.init_cache(cfg, 2, 16)
     leaf = cache["groups"][1][0]
     chex.assert_shape(leaf["c_kv"], (2, 2, 16, 10))  # [layers, batch, max_len, kv_lora_rank]
     chex.assert_shape(leaf["k_pe"], (2, 2, 16, 4))  # [layers, batch, max_len, qk_rope_head_dim]
     toks = jax.random.randint(jax.random.PRNGKey(2), (2, 9), 0, 40)
-    full, _ = lm.apply(p, toks, cfg)
-    logits, cache = lm.prefill(p, toks[:, :4], cfg, cache)
+    full, _ = jax.jit(lambda p, t: lm.apply(p, t, cfg))(p, toks)
+    logits, cache = jax.jit(lambda p, t, c: lm.prefill(p, t, cfg, c))(p, toks[:, :4], cache)
     outs = [logits]
     step = jax.jit(lambda p, t, c: lm.decode_step(p, t, cfg, c))
     for i in range(4, 9):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 
 def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="YAML config file (see configs/)")
@@ -20,8 +18,27 @@ def run(args) -> int:
     if summary.get("interrupted"):
         print(summary["message"])
         return 0
-    short = {k: summary[k] for k in ("steps", "tokens", "time_sec", "first_loss", "final_loss", "best_eval_loss",
-                                     "skipped_steps", "checkpoint") if k in summary}
-    print("training finished: " + json.dumps(short))
-    print(f"metrics: {summary['run_dir']}/metrics.jsonl, plots: {summary['run_dir']}/loss.png")
+    print(format_summary(summary))
     return 0
+
+
+def _num(x, fmt=".4f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def format_summary(summary: dict) -> str:
+    """The end-of-training report: steps, tokens, time, losses, best eval loss, checkpoint."""
+    secs = float(summary.get("time_sec", 0.0))
+    trained = summary.get("steps", 0) - summary.get("start_step", 0)
+    tokens = summary.get("tokens", 0)
+    lines = [
+        f"training finished: {summary.get('steps', 0)} steps ({trained} in this run), {tokens:,} tokens, "
+        f"{secs:.1f} s",
+        f"  loss {_num(summary.get('first_loss'))} -> {_num(summary.get('final_loss'))}, best eval loss "
+        f"{_num(summary.get('best_eval_loss'))}, skipped steps {summary.get('skipped_steps', 0)}, loss spikes "
+        f"{summary.get('loss_spikes', 0)}",
+        f"  checkpoint: {summary.get('checkpoint') or 'none'}",
+        f"  metrics: {summary['run_dir']}/metrics.jsonl, plots: {summary['run_dir']}/loss.png, "
+        f"summary: {summary['run_dir']}/summary.json",
+    ]
+    return "\n".join(lines)

@@ -292,13 +292,18 @@ def remix(params, cfg: ModelConfig, reference: ReferenceSet, prompt: Sequence[in
     return RemixResult(np.asarray(w, np.float32), w0, nb, kernel, before, float(after), alpha, crit)
 
 
-def answer_loss(params, cfg: ModelConfig, prompt: Sequence[int], answer: Sequence[int],
-                result: RemixResult | None = None) -> float:
-    """Answer loss of one example, with the re-mixed weights of ``result`` (or without)."""
-    tokens, target, pos = pack([(prompt, answer)])
-    w = None if result is None else jnp.asarray(result.weights[None])
-    crit = () if result is None else tuple(result.critical_layers)
-    return float(example_losses(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos), w, crit)[0])
+def answer_losses(params, cfg: ModelConfig, examples: Sequence[Example],
+                  results: Sequence[RemixResult] | None = None) -> np.ndarray:
+    """Answer loss ``[n]`` of each example, with its re-mixed weights (``results[i]``)
+    or, without ``results``, with the model's own routing."""
+    tokens, target, pos = pack(examples)
+    w, crit = None, ()
+    if results is not None:
+        if len(results) != len(examples):
+            raise ValueError(f"got {len(results)} re-mix results for {len(examples)} examples.")
+        w = jnp.asarray(np.stack([r.weights for r in results]))
+        crit = tuple(results[0].critical_layers)
+    return np.asarray(example_losses(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos), w, crit))
 
 
 def generate_remixed(params, cfg: ModelConfig, prompt: Sequence[int], max_new_tokens: int,

@@ -11,6 +11,7 @@ import importlib
 FAMILIES = {
     "lm": "jaxmoe.models.lm",
     "time_moe": "jaxmoe.models.time_moe",
+    "moirai_moe": "jaxmoe.models.moirai_moe",
 }
 
 

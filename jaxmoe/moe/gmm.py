@@ -241,7 +241,26 @@ def pallas_blocks(kind: str, k: int, n: int) -> dict:
         if name == kind:
             bm, bn, bk, st, gb = (int(v) for v in vals.split(","))
             return dict(block_m=bm, block_n=bn, block_k=bk, max_concurrent_steps=st, grid_block_n=gb)
+    table = _env_table()
+    if (kind, k, n) in table:
+        return dict(table[(kind, k, n)])
     return dict(PALLAS_BLOCKS.get((kind, k, n), DEFAULT_DW if kind == "dw" else DEFAULT_FWD))
+
+
+def _env_table() -> dict:
+    """A tuned table from ``JAXMOE_GMM_TABLE`` (JSON ``{"kind,k,n": {block config}}``), if set."""
+    path = os.environ.get("JAXMOE_GMM_TABLE")
+    if not path or not os.path.exists(path):
+        return {}
+    import json
+
+    with open(path) as f:
+        raw = json.load(f)
+    out = {}
+    for key, cfg in raw.items():
+        kind, k, n = key.split(",")
+        out[(kind, int(k), int(n))] = cfg
+    return out
 
 
 def _accepts(fn, kwargs: dict) -> dict:

@@ -13,6 +13,7 @@ a run killed while saving leaves the previous complete checkpoint as the latest 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,37 @@ def _remove_partial(ckpt_dir: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def make_manager(run_dir: str | Path, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+def remove_partial(run_dir: str | Path) -> None:
+    """Delete (with a warning) the partial checkpoint directories of a run killed while saving."""
+    _remove_partial(checkpoint_dir(run_dir))
+
+
+def make_manager(run_dir: str | Path, keep: int = 3, create: bool = True,
+                 cleanup: bool | None = None) -> ocp.CheckpointManager:
+    """Orbax manager of ``RUN/checkpoints``. ``cleanup`` (default: ``create``, i.e. for a
+    writer) deletes partial directories of a killed save with a warning; readers leave them
+    (a live run may be writing one) and orbax ignores them."""
+    from jaxmoe.train import faults
+
     ckpt_dir = checkpoint_dir(run_dir)
-    _remove_partial(ckpt_dir)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False)
+    if create if cleanup is None else cleanup:
+        _remove_partial(ckpt_dir)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False,
+                                           **faults.manager_options())
     return ocp.CheckpointManager(ckpt_dir, options=options, item_names=("state", "data", "meta"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict, meta: dict) -> None:
+    """Write checkpoint ``step`` (atomically). Refuses, with a CheckpointError, to write
+    parameters holding NaN/inf: a checkpoint is always safe to resume from."""
+    from jaxmoe.train.guards import first_nonfinite_param
+
+    bad = first_nonfinite_param(getattr(state, "params", state))
+    if bad is not None:
+        latest = manager.latest_step()
+        raise CheckpointError(f"refusing to save checkpoint {step}: parameter {bad} holds NaN or inf; "
+                              f"the last good checkpoint is {'none' if latest is None else latest} in "
+                              f"{manager.directory}.")
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                data=ocp.args.JsonSave(data_state),
                                                meta=ocp.args.JsonSave(meta)), force=True)
@@ -62,15 +86,26 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"no complete checkpoint in {manager.directory}.")
+    if step not in manager.all_steps():
+        raise CheckpointError(f"there is no checkpoint {step} in {manager.directory}; complete checkpoints: "
+                              f"{', '.join(map(str, sorted(manager.all_steps()))) or 'none'}.")
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                         data=ocp.args.JsonRestore(),
                                                         meta=ocp.args.JsonRestore()))
     return out["state"], out["data"], out["meta"]
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_config(run_dir: str | Path, cfg: Config) -> None:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "config.yaml").write_text(dump_config(cfg))
+    write_text_atomic(Path(run_dir) / "config.yaml", dump_config(cfg))
 
 
 def resolve_run_dir(path: str | Path) -> Path:
@@ -105,6 +140,50 @@ def config_differences(a: Config, b: Config, sections=("model",)) -> list[str]:
     return out
 
 
+def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception:  # an older or foreign checkpoint without readable metadata
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+    from jaxmoe.train.guards import leaf_names
+
+    return {n: tuple(getattr(x, "shape", ())) for n, x in zip(leaf_names(tree), jax.tree.leaves(tree))}
+
+
+def checkpoint_mismatch(manager: ocp.CheckpointManager, step: int, cfg: Config, abstract_state: Any) -> list[str]:
+    """How checkpoint ``step`` differs from what ``cfg`` builds: the model config fields
+    that differ (from the config stored with the checkpoint), else the parameters whose
+    shapes differ. Empty when they match."""
+    from jaxmoe.config import ModelConfig, _from_dict
+
+    saved = _restore_meta(manager, step).get("model")
+    if isinstance(saved, dict):
+        try:
+            saved_cfg = Config(model=_from_dict(ModelConfig, saved, "model"))
+        except (ConfigError, TypeError):
+            saved_cfg = None
+        if saved_cfg is not None:
+            diffs = config_differences(saved_cfg, Config(model=cfg.model), sections=("model",))
+            if diffs:
+                return diffs
+    try:
+        stored = _flat_shapes(ocp.StandardCheckpointHandler().metadata(
+            Path(str(manager.directory)) / str(step) / "state"))
+    except Exception:
+        return []
+    target = {k: v for k, v in _flat_shapes(abstract_state).items() if k.startswith("params.")}
+    stored = {k: v for k, v in stored.items() if k.startswith("params.")}
+    out = [f"{k} has shape {stored[k]} in the checkpoint but {target[k]} from the config"
+           for k in sorted(set(stored) & set(target)) if stored[k] != target[k]]
+    out += [f"{k} is missing from the checkpoint" for k in sorted(set(target) - set(stored))]
+    out += [f"{k} is in the checkpoint but not in the model" for k in sorted(set(stored) - set(target))]
+    return out
+
+
 def load_run_config(run_dir: str | Path) -> Config:
     try:
         return load_config(Path(run_dir) / "config.yaml")
@@ -124,5 +203,10 @@ def load_params(path: str | Path, step: int | None = None):
     # onto one local device, whatever mesh saved it (a sharded checkpoint restores anywhere)
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), abstract_train_state(cfg))
+    step = manager.latest_step() if step is None else step
+    diffs = checkpoint_mismatch(manager, step, cfg, target) if step in manager.all_steps() else []
+    if diffs:
+        raise CheckpointError(f"checkpoint {step} in {run_dir} was made with another model config than "
+                              f"{run_dir / 'config.yaml'}: {'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}.")
     state, _, _ = restore(manager, target, step)
     return cfg, jax.device_get(state.params)

@@ -23,15 +23,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmoe.config import Config
+from jaxmoe.config import Config, to_dict
 from jaxmoe.parallel import mesh as mesh_lib
 from jaxmoe.parallel import sharding as shard_lib
 from jaxmoe.train import checkpoint as ckpt
+from jaxmoe.train.faults import FaultInjector
+from jaxmoe.train.guards import SpikeDetector, check_series_sources, describe_nonfinite
 from jaxmoe.train.metrics import JsonlWriter, plot_expert_load, plot_training, read_jsonl, truncate_after_step
 from jaxmoe.train.optimizer import learning_rate_schedule, make_optimizer
 from jaxmoe.train.state import TrainState
 from jaxmoe.train.step import make_eval_step, make_train_step
 from jaxmoe.train.tasks import make_task
+from jaxmoe.train.tensorboard import EventWriter, TeeWriter
 
 log = logging.getLogger("jaxmoe")
 
@@ -96,7 +99,8 @@ def _step_relevant(tcfg):
     """The train config with fields that do not affect the jitted step normalised away."""
     return dataclasses.replace(tcfg, output_dir="", seed=0, batch_size=1, log_every=1, eval_every=0,
                                eval_batches=1, checkpoint_every=0, keep_checkpoints=1, progress=False,
-                               tensorboard=False, nonfinite_policy="skip", max_consecutive_skips=1)
+                               tensorboard=False, nonfinite_policy="skip", max_consecutive_skips=1,
+                               spike_factor=0.0)
 
 
 def _under_mesh(fn, mesh, mesh_cfg):
@@ -149,18 +153,28 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
     """
     tcfg = cfg.train
     run_dir = Path(tcfg.output_dir)
+    faults = FaultInjector.from_env()  # testing aid (JAXMOE_FAULT); inert when unset
+    # Validate all input before anything is written: user time series, then the data
+    # pipelines, then the mesh. The run directory is created only once the state exists.
+    if cfg.data.sources:
+        check_series_sources(cfg.data.sources)
+    task = make_task(cfg)
     mesh = mesh_lib.mesh_from_config(cfg)  # validates the mesh against devices and model
     rules = shard_lib.rules_from_config(cfg.mesh)
     step_fn, eval_jit, state_sh = _compiled_steps(cfg.model, _step_relevant(tcfg), cfg.mesh, mesh)
-    task = make_task(cfg)
     tx = make_optimizer(tcfg)
     schedule = learning_rate_schedule(tcfg)
-    manager = ckpt.make_manager(run_dir, keep=tcfg.keep_checkpoints)
-    latest = manager.latest_step()
+    manager = None
+    if ckpt.checkpoint_dir(run_dir).exists():
+        manager = ckpt.make_manager(run_dir, keep=tcfg.keep_checkpoints, create=False, cleanup=False)
+    latest = manager.latest_step() if manager is not None else None
     train_iter = task.train_pipeline.iterator()
     if latest is not None and not resume:
         raise TrainingError(f"{run_dir} already holds checkpoints (latest step {latest}); pass --resume to continue "
                             "or choose another train.output_dir.")
+    if manager is not None:  # resuming, or nothing complete here: partial saves of a killed run go
+        ckpt.remove_partial(run_dir)
+    spikes = SpikeDetector(tcfg.spike_factor)
     if resume and latest is not None:
         saved = ckpt.load_run_config(run_dir)
         diffs = ckpt.config_differences(saved, cfg, sections=("model",))
@@ -169,8 +183,9 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                                        f"{'; '.join(diffs)}.")
         # restore straight into this run's shardings (the checkpoint may come from another mesh)
         target = shard_lib.with_shardings(abstract_train_state(cfg, task), state_sh)
-        state, data_state, _ = ckpt.restore(manager, target)
+        state, data_state, meta = ckpt.restore(manager, target)
         train_iter.set_state(data_state)
+        spikes = SpikeDetector(tcfg.spike_factor, history=(meta or {}).get("loss_window", ()))
         truncate_after_step(run_dir / "metrics.jsonl", int(state.step))
         log.info("resumed from step %d", int(state.step))
     else:
@@ -180,13 +195,21 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
         state = jax.jit(lambda k: TrainState.create(task.init(k), tx, tcfg.seed),
                         out_shardings=state_sh)(jax.random.PRNGKey(tcfg.seed))
     ckpt.write_config(run_dir, cfg)
+    if manager is None:
+        manager = ckpt.make_manager(run_dir, keep=tcfg.keep_checkpoints)
+    metrics_path = run_dir / ("metrics.jsonl" if jax.process_index() == 0
+                              else f"metrics.process{jax.process_index()}.jsonl")
+    if not (resume and latest is not None):
+        truncate_after_step(metrics_path, 0)  # a fresh start: drop records of an earlier run that never saved
 
     eval_step = lambda params, batch: eval_jit(params, shard_lib.shard_batch(batch, mesh, rules))
     primary = jax.process_index() == 0
-    writer = JsonlWriter(run_dir / ("metrics.jsonl" if primary else f"metrics.process{jax.process_index()}.jsonl"))
+    writer = JsonlWriter(metrics_path)
+    if tcfg.tensorboard and primary:
+        writer = TeeWriter(writer, EventWriter(run_dir / "tensorboard"))
     start = int(state.step)
     summary: dict[str, Any] = {"run_dir": str(run_dir.absolute()), "start_step": start, "interrupted": False,
-                               "skipped_steps": 0}
+                               "skipped_steps": 0, "loss_spikes": 0}
     best_eval = math.inf
     last_saved = start if (resume and latest is not None) else -1
     stopper = _StopRequest()
@@ -204,35 +227,49 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
         if step_no == last_saved:
             return
         ckpt.save(manager, step_no, state, train_iter.get_state(),
-                  {"step": step_no, "time": time.time(), "family": cfg.model.family})
+                  {"step": step_no, "time": time.time(), "family": cfg.model.family,
+                   "model": to_dict(cfg.model), "loss_window": spikes.state()})
         last_saved = step_no
 
     try:
         with stopper.installed():
             for step in range(start, tcfg.steps):
                 batch = next(train_iter)
+                if faults:
+                    batch = faults.before_step(step + 1, batch)
                 if batch_hook is not None:
                     batch = batch_hook(step, batch)
                 state, metrics = step_fn(state, shard_lib.shard_batch(batch, mesh, rules))
                 done = step + 1
                 tokens_since += task.tokens_per_batch
                 skipped = int(metrics["skipped"])
+                loss_now = float(metrics["loss"])
                 if skipped:
                     summary["skipped_steps"] += 1
-                    loss_val = float(metrics["loss"])
+                    what = describe_nonfinite(loss_now, int(metrics["nonfinite_leaf"]), state.params, batch)
                     if tcfg.nonfinite_policy == "stop":
+                        latest_good = manager.latest_step()
                         raise TrainingError(
-                            f"non-finite loss or gradients at step {done} (loss={loss_val}); the update was not "
-                            f"applied and the last good checkpoint is {manager.latest_step()} in "
-                            f"{ckpt.checkpoint_dir(run_dir)}.")
-                    log.warning("step %d: non-finite loss or gradients, update skipped", done)
+                            f"stopped at step {done}: {what}; the update was not applied and the last good "
+                            f"checkpoint is {'none' if latest_good is None else latest_good} in "
+                            f"{ckpt.checkpoint_dir(run_dir)} (train.nonfinite_policy=stop).")
+                    log.warning("step %d: %s; update skipped (%d in a row)", done, what, int(state.skipped))
                     if int(state.skipped) >= tcfg.max_consecutive_skips:
                         raise TrainingError(f"{int(state.skipped)} consecutive steps had non-finite loss or gradients "
-                                            f"(last at step {done}); stopping. Check the data and learning rate.")
-                if done % tcfg.log_every == 0 or done == tcfg.steps:
+                                            f"(last at step {done}: {what}); stopping. Check the data and learning "
+                                            "rate.")
+                spike_mean = None if skipped else spikes.update(loss_now)
+                if spike_mean is not None:
+                    summary["loss_spikes"] += 1
+                    log.warning("step %d: loss spike: %.4g is more than %g x the running mean %.4g", done, loss_now,
+                                tcfg.spike_factor, spike_mean)
+                if spike_mean is not None or done % tcfg.log_every == 0 or done == tcfg.steps:
                     m = jax.device_get(metrics)
                     now = time.perf_counter()
                     record = {"step": done, "tokens_per_sec": tokens_since / max(now - t_last, 1e-9)}
+                    m.pop("nonfinite_leaf", None)
+                    if spike_mean is not None:
+                        record["loss_spike"] = True
                     for k, v in m.items():
                         if k == "load":
                             last_load = np.asarray(v)
@@ -243,6 +280,8 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                                     max_load=f"{float(m.get('max_load', 0.0)):.2f}", refresh=False)
                     t_last, tokens_since = now, 0
                 bar.update(1)
+                if faults:
+                    faults.after_step(done)
                 if tcfg.eval_every and done % tcfg.eval_every == 0 and done != tcfg.steps:
                     ev = evaluate(eval_step, state.params, task.eval_pipeline, tcfg.eval_batches)
                     if ev is not None:
@@ -292,5 +331,5 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
             summary["expert_load"] = last_load.tolist()
     except Exception as e:  # plotting must never fail a run
         log.warning("could not write plots: %s", e)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    ckpt.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +39,19 @@ class JsonlWriter:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file; a half-written last line (a run killed mid-write) is skipped."""
     out = []
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text().splitlines():
-        if line.strip():
+    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        try:
             out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+            logging.getLogger("jaxmoe").warning("ignoring a half-written last line of %s", p)
     return out
 
 
@@ -53,7 +61,9 @@ def truncate_after_step(path: str | Path, step: int) -> None:
     if not p.exists():
         return
     keep = [r for r in read_jsonl(p) if r.get("step", 0) <= step]
-    p.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, p)  # atomic: a run killed here keeps the old or the new file, whole
 
 
 def plot_training(records: list[dict], path: str | Path, title: str = "training") -> None:

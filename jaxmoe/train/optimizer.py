@@ -21,8 +21,12 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 
 def decay_mask(params):
-    """Weight decay on matrices only (not on norms, biases or 1-D vectors)."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay on matrices only (not on norms, biases or 1-D vectors), and never on
+    fixed ``centroids`` (Moirai-MoE gating: they get no gradient and must not shrink)."""
+    def keep(path, p):
+        return p.ndim >= 2 and not any(getattr(k, "key", None) == "centroids" for k in path)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:

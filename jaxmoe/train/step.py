@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmoe.train.guards import first_nonfinite_leaf
 from jaxmoe.train.state import TrainState
 
 
@@ -40,6 +41,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
         metrics["loss"] = loss
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["skipped"] = (~finite).astype(jnp.int32)
+        metrics["nonfinite_leaf"] = first_nonfinite_leaf(grads)  # -1, or the first bad gradient (params order)
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         return new_state, metrics

@@ -1,0 +1,121 @@
+"""``jaxmoe remix --checkpoint DIR --reference ref.jsonl --inputs test.jsonl [--method ngd|kernel] [--out out.jsonl]``.
+
+C3PO test-time re-mixing. ``ref.jsonl`` holds solved examples, one JSON object per line
+with ``prompt`` and ``answer``; ``test.jsonl`` holds prompts (an ``answer`` is optional
+and, when given, its loss is reported before and after re-mixing). For each input the
+routing weights of its last prompt token in the critical layers are re-mixed from its
+nearest reference examples, and a greedy continuation is generated with them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--checkpoint", required=True, help="run directory written by `jaxmoe train`")
+    p.add_argument("--reference", required=True, help="JSONL of solved examples: {\"prompt\": ..., \"answer\": ...}")
+    p.add_argument("--inputs", required=True, help="JSONL of test prompts: {\"prompt\": ...[, \"answer\": ...]}")
+    p.add_argument("--method", choices=["ngd", "kernel"], default="ngd",
+                   help="neighbourhood gradient descent (default) or kernel regression")
+    p.add_argument("--critical-layers", default=None, metavar="L,L",
+                   help="layer indices to re-mix (default: the last 5/16 of the MoE layers)")
+    p.add_argument("--core-experts", type=int, default=None, help="experts per layer that may change "
+                   "(default: 20/64 of the experts)")
+    p.add_argument("--neighbours", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10, help="gradient steps (ngd)")
+    p.add_argument("--lr", type=float, default=0.05, help="step length (ngd)")
+    p.add_argument("--only-solved", action="store_true",
+                   help="keep only reference examples the model already answers (teacher-forced greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="continuation length (0 = none)")
+    p.add_argument("--out", default=None, help="write one JSON object per input")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+
+def _read_jsonl(path: str, need_answer: bool) -> list[dict]:
+    from jaxmoe.cli import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"file '{path}' does not exist.")
+    rows = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path} line {i} is not valid JSON.") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            raise UserError(f"{path} line {i} needs a non-empty string \"prompt\".")
+        if need_answer and not isinstance(row.get("answer"), str):
+            raise UserError(f"{path} line {i} needs a string \"answer\" (reference examples are solved examples).")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} has no examples.")
+    return rows
+
+
+def run(args) -> int:
+    from jaxmoe.cli import UserError
+    from jaxmoe.data.tokenizers import load_tokenizer
+    from jaxmoe.decode import remix as c3po
+    from jaxmoe.train.checkpoint import load_params
+
+    ref_rows = _read_jsonl(args.reference, True)
+    rows = _read_jsonl(args.inputs, False)
+    crit = None
+    if args.critical_layers:
+        try:
+            crit = tuple(int(x) for x in args.critical_layers.split(",") if x.strip())
+        except ValueError:
+            raise UserError(f"--critical-layers must be comma-separated layer indices, got {args.critical_layers!r}.") \
+                from None
+    cfg, params = load_params(args.checkpoint, args.step)
+    if cfg.model.family != "lm":
+        raise UserError(f"`remix` needs a language model; this checkpoint is a {cfg.model.family} model.")
+    tok = load_tokenizer(cfg.data.tokenizer)
+    rcfg = c3po.RemixConfig(method=args.method, critical_layers=crit, core_experts=args.core_experts,
+                            neighbours=args.neighbours, steps=args.steps, lr=args.lr)
+    enc = lambda text: tok.encode(text) or [tok.bos_id]
+    try:
+        ref = c3po.build_reference(params, cfg.model, [(enc(r["prompt"]), tok.encode(r["answer"])) for r in ref_rows],
+                                   rcfg=rcfg)
+        if args.only_solved:
+            if not ref.solved.any():
+                raise UserError("the model solves none of the reference examples; drop --only-solved.")
+            ref = ref.subset(ref.solved)
+        print(f"reference set: {len(ref.losses)} examples, critical layers {list(ref.critical_layers)}")
+        out_rows = []
+        for row in rows:
+            prompt = enc(row["prompt"])
+            res = c3po.remix(params, cfg.model, ref, prompt, rcfg=rcfg)
+            rec = {"prompt": row["prompt"], "neighbours": [int(i) for i in res.neighbours],
+                   "neighbour_loss_before": res.neighbour_loss_before, "neighbour_loss_after": res.neighbour_loss_after}
+            if res.alpha is not None:
+                rec["alpha"] = res.alpha
+            if isinstance(row.get("answer"), str) and row["answer"]:
+                ex = [(prompt, tok.encode(row["answer"]))]
+                rec["answer"] = row["answer"]
+                rec["loss_before"] = float(c3po.answer_losses(params, cfg.model, ex)[0])
+                rec["loss_after"] = float(c3po.answer_losses(params, cfg.model, ex, [res])[0])
+            if args.max_new_tokens > 0:
+                for key, r in (("generation_before", None), ("generation_after", res)):
+                    ids = c3po.generate_remixed(params, cfg.model, prompt, args.max_new_tokens, r)
+                    if tok.eos_id in ids:
+                        ids = ids[: ids.index(tok.eos_id)]
+                    rec[key] = tok.decode(ids)
+            out_rows.append(rec)
+            loss = (f"  answer loss {rec['loss_before']:.4f} -> {rec['loss_after']:.4f}" if "loss_after" in rec else "")
+            print(f"{row['prompt']!r}: neighbours' loss {res.neighbour_loss_before:.4f} -> "
+                  f"{res.neighbour_loss_after:.4f}{loss}")
+            if "generation_after" in rec:
+                print(f"  before: {rec['generation_before']!r}\n  after:  {rec['generation_after']!r}")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+        print(f"wrote {args.out}")
+    return 0

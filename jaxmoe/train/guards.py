@@ -1,0 +1,167 @@
+"""Guards of a training run: loss-spike detection, naming non-finite values, refusing to
+checkpoint non-finite parameters, and checking user time series before training starts."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger("jaxmoe")
+
+SPIKE_WINDOW = 20  # losses in the running mean
+SPIKE_MIN_HISTORY = 5  # losses seen before spikes are flagged
+
+
+class SpikeDetector:
+    """Flags a loss that exceeds ``factor`` x the running mean of the last ``window`` finite
+    losses: ``loss - mean > (factor - 1) * |mean|`` (the same as ``loss > factor * mean``
+    for positive losses). ``factor <= 0`` disables it. ``history`` restores the window
+    saved in a checkpoint, so a resumed run flags exactly the steps an uninterrupted one does.
+    """
+
+    def __init__(self, factor: float, window: int = SPIKE_WINDOW, min_history: int = SPIKE_MIN_HISTORY,
+                 history: Sequence[float] = ()):
+        self.factor = float(factor)
+        self.min_history = int(min_history)
+        self.history: collections.deque = collections.deque((float(x) for x in history), maxlen=int(window))
+
+    def update(self, loss: float) -> float | None:
+        """Record ``loss``; returns the running mean it spiked above, or None."""
+        loss = float(loss)
+        if not math.isfinite(loss):
+            return None
+        spiked = None
+        if self.factor > 0 and len(self.history) >= self.min_history:
+            mean = sum(self.history) / len(self.history)
+            if loss - mean > (self.factor - 1.0) * abs(mean):
+                spiked = mean
+        self.history.append(loss)
+        return spiked
+
+    def state(self) -> list[float]:
+        return list(self.history)
+
+
+def leaf_names(tree) -> list[str]:
+    """Dotted names of the leaves of ``tree`` in flatten order (``groups.0.0.ffn.router.kernel``)."""
+    names = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = []
+        for k in path:
+            for attr in ("key", "name", "idx"):
+                if hasattr(k, attr):
+                    parts.append(str(getattr(k, attr)))
+                    break
+            else:
+                parts.append(str(k))
+        names.append(".".join(parts))
+    return names
+
+
+def leaf_finite_flags(tree) -> jax.Array:
+    """bool ``[num_leaves]``: whether each floating leaf of ``tree`` is entirely finite
+    (integer leaves count as finite)."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.stack([jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+                      for x in leaves]) if leaves else jnp.zeros((0,), bool)
+
+
+def first_nonfinite_leaf(tree) -> jax.Array:
+    """int32 scalar: flatten index of the first leaf with a non-finite value, -1 if none."""
+    flags = leaf_finite_flags(tree)
+    if flags.shape[0] == 0:
+        return jnp.int32(-1)
+    return jnp.where(jnp.all(flags), -1, jnp.argmin(flags)).astype(jnp.int32)
+
+
+_first_nonfinite_jit = jax.jit(first_nonfinite_leaf)
+
+
+def first_nonfinite_param(params) -> str | None:
+    """Name of the first parameter holding NaN/inf (one jitted reduction), or None."""
+    if not jax.tree.leaves(params):
+        return None
+    i = int(_first_nonfinite_jit(params))
+    return None if i < 0 else leaf_names(params)[i]
+
+
+def nonfinite_batch_fields(batch: dict) -> list[str]:
+    """Names of the floating-point batch arrays holding NaN/inf."""
+    out = []
+    for k, v in batch.items():
+        a = np.asarray(v)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            out.append(k)
+    return out
+
+
+def describe_nonfinite(loss: float, leaf_index: int, params: Any, batch: dict) -> str:
+    """What was not finite in a skipped step, as a clause for one-sentence messages:
+    the loss, the first parameter (in flatten order) whose gradient is not finite, and the
+    batch arrays holding NaN/inf."""
+    bad = nonfinite_batch_fields(batch)
+    first = leaf_names(params)[leaf_index] if leaf_index >= 0 else None
+    if not math.isfinite(loss):
+        what = f"the loss is {loss}"
+        if not bad and first is not None:
+            what += f" (first non-finite gradient: {first})"
+    elif first is not None:
+        what = f"the gradient of {first} is not finite (loss {loss:.4g})"
+    else:
+        what = "the loss or gradients are not finite"
+    if bad:
+        what += f" and the batch holds NaN/inf in {', '.join(repr(b) for b in bad)}"
+    return what
+
+
+# ----------------------------------------------------------------------------- time series
+
+
+def check_series(values: np.ndarray, name: str) -> None:
+    """Raise SeriesError for a series nothing can be learned from (fewer than 2 finite
+    points, or constant); warn about NaN/inf points (masked) and long constant segments."""
+    from jaxmoe.data.real_series import SeriesError
+    from jaxmoe.data.timeseries import constant_segments
+
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    n_finite = int(finite.sum())
+    if n_finite < 2:
+        raise SeriesError(f"{name} has {n_finite} finite values out of {len(values)}; a training series needs "
+                          "at least 2 (NaN and inf are masked).")
+    observed = values[finite]
+    if np.all(observed == observed[0]):
+        raise SeriesError(f"{name} is constant (every finite value is {observed[0]:g}); it holds nothing to learn, "
+                          "so choose another column or drop it from data.sources.")
+    if n_finite < len(values):
+        log.warning("%s: %d of %d values are NaN or infinite; they are masked out of the loss.",
+                    name, len(values) - n_finite, len(values))
+    min_run = max(16, len(values) // 10)
+    segments = constant_segments(values, min_run) if len(values) >= min_run else []
+    if segments:
+        a, b = max(segments, key=lambda s: s[1] - s[0])
+        log.warning("%s has %d constant segment(s) of at least %d points (longest: rows %d-%d); check for filler "
+                    "values.", name, len(segments), min_run, a, b - 1)
+
+
+def check_series_sources(sources: Sequence[str]) -> None:
+    """Read the user-file sources (``csv:PATH:COLUMN``, ``parquet:PATH:COLUMN``) of a
+    time-series config and :func:`check_series` each (built-in sources are known good)."""
+    from jaxmoe.data.real_series import read_csv_series, read_parquet_series
+
+    for spec in sources:
+        kind, _, rest = str(spec).partition(":")
+        if kind not in ("csv", "parquet"):
+            continue
+        path, sep, column = rest.rpartition(":")
+        if not sep or not path or not column:
+            continue  # the pipeline reports the malformed spec
+        reader = read_csv_series if kind == "csv" else read_parquet_series
+        check_series(reader(path, column), f"column {column!r} of {kind.upper() if kind == 'csv' else 'Parquet'} "
+                                           f"file {path!r}")

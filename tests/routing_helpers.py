@@ -1,0 +1,57 @@
+"""Shared helpers of the routing-variant tests (issue 7).
+
+``fast_init`` gives params with exactly the structure of ``lm.init`` without running it:
+``lm.init`` on CPU compiles dozens of small vmapped random programs (seconds of CPU), while
+tracing it with ``jax.eval_shape`` and filling the leaves with numpy costs nothing. Norm
+scales and IA3 vectors are ones (as in ``lm.init``); everything else is N(0, std^2).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxmoe.config import ModelConfig, MoEConfig
+from jaxmoe.models import lm
+
+ONES = ("scale", "e_gate", "e_up", "e_down")
+
+
+def fast_init(cfg: ModelConfig, seed: int = 0, std: float | None = None):
+    shapes = jax.eval_shape(lambda: lm.init(jax.random.PRNGKey(0), cfg))
+    rng = np.random.default_rng(seed)
+    std = cfg.init_std if std is None else std
+
+    def fill(path, s):
+        name = jax.tree_util.keystr(path)
+        if any(f"'{k}'" in name for k in ONES):
+            return np.ones(s.shape, s.dtype)
+        return (std * rng.standard_normal(s.shape)).astype(s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def tiny_cfg(**moe) -> ModelConfig:
+    """2 MoE layers, 4 experts, embed 16, vocab 32."""
+    base = dict(num_experts=4, experts_per_token=2, expert_ffn_dim=16)
+    base.update(moe)
+    return ModelConfig(vocab_size=32, embed_dim=16, num_layers=2, num_heads=2, max_seq_len=32,
+                       moe=MoEConfig(**base))
+
+
+def make_run(run_dir, config_path: str, overrides: list[str] = (), std: float | None = None, seed: int = 0):
+    """A run directory (config.yaml + one orbax checkpoint at step 0) with ``fast_init``
+    params, as `jaxmoe train` would leave it, without training (no compile)."""
+    from jaxmoe.config import load_config
+    from jaxmoe.train import checkpoint as ckpt
+    from jaxmoe.train.loop import abstract_train_state
+
+    cfg = load_config(config_path, list(overrides) + [f"train.output_dir={run_dir}"])
+    abstract = abstract_train_state(cfg)
+    params = fast_init(cfg.model, seed, std)
+    state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract).replace(params=params)
+    ckpt.write_config(run_dir, cfg)
+    manager = ckpt.make_manager(run_dir)
+    ckpt.save(manager, 0, state, {}, {"step": 0})
+    manager.close()
+    return cfg, params

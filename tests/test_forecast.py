@@ -1,0 +1,78 @@
+"""Time-MoE forecasting: horizon schedule, KV cache == full re-run, normalisation, NaNs."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmoe.config import load_config
+from jaxmoe.decode.forecast import forecast, horizon_schedule
+from jaxmoe.models import time_moe as tm
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = load_config(None, ["model.family=time_moe", "model.embed_dim=16", "model.num_layers=2",
+                             "model.num_heads=2", "model.ffn_dim=32", "model.moe.num_experts=4",
+                             "model.horizons=[1,4,8]", "model.init_std=0.3", "data.seq_len=16"])
+    return cfg, jax.jit(tm.init, static_argnums=1)(jax.random.PRNGKey(0), cfg.model)
+
+
+def test_horizon_schedule_decompositions():
+    heads = (1, 8, 32, 64)
+    assert horizon_schedule(96, heads) == [64, 32]
+    assert horizon_schedule(6, heads) == [1] * 6
+    assert horizon_schedule(100, heads) == [64, 32, 1, 1, 1, 1]
+    assert horizon_schedule(64, heads) == [64]
+    assert horizon_schedule(200, heads) == [64, 64, 64, 8]
+    # even the smallest head is too long: use it and truncate
+    assert horizon_schedule(5, (8, 32)) == [8]
+    assert horizon_schedule(37, (32, 8)) == [32, 8]
+    with pytest.raises(ValueError, match="positive"):
+        horizon_schedule(0, heads)
+
+
+def test_kv_cache_equals_full_rerun(model):
+    cfg, p = model
+    rng = np.random.default_rng(0)
+    ctx = rng.normal(size=(3, 20)).cumsum(1)
+    ctx[1, 7] = np.nan  # interior gap
+    for horizon in (13, 3):  # schedules [8, 4, 1] and [1, 1, 1]
+        cached = forecast(p, cfg, ctx, horizon)
+        rerun = forecast(p, cfg, ctx, horizon, use_cache=False)
+        assert cached.shape == (3, horizon)
+        assert np.isfinite(cached).all()
+        np.testing.assert_allclose(cached, rerun, rtol=1e-4, atol=1e-4)
+        assert np.abs(cached - cached.mean()).max() > 1e-3  # not a degenerate constant output
+
+
+def test_truncated_head_and_normalisation(model):
+    cfg, p = model
+    rng = np.random.default_rng(1)
+    ctx = rng.normal(size=(2, 12))
+    # horizon 6 = 4 + 1 + 1, 10 = 8 + 1 + 1
+    f6 = forecast(p, cfg, ctx, 6)
+    f10 = forecast(p, cfg, ctx, 10)
+    assert f6.shape == (2, 6) and f10.shape == (2, 10)
+    # z-normalisation: forecasting a*x + b gives a*forecast(x) + b
+    np.testing.assert_allclose(forecast(p, cfg, 5.0 * ctx + 100.0, 6), 5.0 * f6 + 100.0, rtol=1e-4, atol=1e-3)
+    # a constant series (std 0): only the mean is subtracted -> forecast = c + forecast of zeros
+    const = forecast(p, cfg, np.full((1, 12), 7.0), 6)
+    zeros = forecast(p, cfg, np.zeros((1, 12)), 6)
+    np.testing.assert_allclose(const, zeros + 7.0, rtol=1e-5, atol=1e-5)
+
+
+def test_nans_are_masked_and_batching(model):
+    cfg, p = model
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(2, 14)).cumsum(1)
+    ctx = base.copy()
+    ctx[0, :4] = np.nan  # leading gap: that row starts at its first observation
+    ctx[1, 5] = np.nan
+    out = forecast(p, cfg, ctx, 4)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[0], forecast(p, cfg, base[0, 4:], 4), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1], forecast(p, cfg, ctx[1], 4), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no observed"):
+        forecast(p, cfg, np.full((1, 5), np.nan), 3)
+    with pytest.raises(ValueError, match="positive"):
+        forecast(p, cfg, base, 0)
