@@ -134,16 +134,18 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def check(backend: str) -> list[dict]:
+CHECK_SHAPES = [  # (M, K, N, group sizes; None = 64 Zipf-skewed groups)
+    (4096, 512, 384, [1000, 0, 37, 0, 2000, 59, 1000, 0]),
+    (1000, 200, 100, [0, 300, 1, 0, 555]),  # unaligned K/N, rows past the groups (M > sum)
+    (16384, 1024, 1024, None),  # 64 skewed groups, several empty
+    (8, 1024, 1024, [0, 3, 0, 0, 5] + [0] * 59),  # decode-sized (gather path)
+]
+
+
+def check(backend: str, shapes=None) -> list[dict]:
     """Forward, dx and dW of ``backend`` in bf16 vs fp32 ragged_dot on uneven groups."""
     rows = []
-    shapes = [  # (M, K, N, sizes)
-        (4096, 512, 384, [1000, 0, 37, 0, 2000, 59, 1000, 0]),
-        (1000, 200, 100, [0, 300, 1, 0, 555]),  # unaligned K/N, rows past the groups (M > sum)
-        (16384, 1024, 1024, None),  # 64 skewed groups, several empty
-        (8, 1024, 1024, [0, 3, 0, 0, 5] + [0] * 59),  # decode-sized (gather path)
-    ]
-    for m, k, n, sizes in shapes:
+    for m, k, n, sizes in shapes or CHECK_SHAPES:
         key = jax.random.PRNGKey(m + k)
         if sizes is None:
             p = 1.0 / np.arange(1, 65) ** 1.5

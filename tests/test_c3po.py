@@ -1,25 +1,31 @@
 """C3PO test-time re-mixing on a synthetic task whose right routing weights are known.
 
-The model is built by hand: attention contributes nothing, layer 0's experts output zero,
-and expert ``e`` of layer 1 (the critical layer) writes a large value into residual dim
-``1 + e``, which the head maps to answer token ``1 + e``. Prompts of cluster ``g`` are
-made of tokens whose embeddings share a cluster direction, and the answer of cluster ``g``
-is token ``1 + g``: the right routing weights of the last prompt token in layer 1 put most
-mass on expert ``g``; the (random) router does not know that.
+The model is built by hand (byte vocabulary, so the CLI can run it too): attention
+contributes nothing, layer 0's experts output zero, and expert ``e`` of layer 1 (the
+critical layer) writes a large value into residual dim ``1 + e``, which the head maps to
+the answer byte ``"1" + e``. Prompts of cluster ``g`` are made of the letters
+``"abcd"[g*4:...]`` whose embeddings share a cluster direction, and the answer of cluster
+``g`` is ``"1" + g``: the right routing weights of the last prompt token in layer 1 put
+most mass on expert ``g``; the (random) router does not know that.
 """
+
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import ModelConfig, MoEConfig
+from jaxmoe.cli import main
+from jaxmoe.config import Config, DataConfig, ModelConfig, MoEConfig
 from jaxmoe.decode import remix as c3po
 from jaxmoe.models import lm
-from routing_helpers import fast_init
+from routing_helpers import fast_init, make_run
 
-N, V, D, F = 4, 24, 16, 8
+N, V, D, F = 4, 259, 16, 8
 CRIT = (1,)
+A, ONE = ord("a"), ord("1")
+apply = jax.jit(lm.apply, static_argnames="cfg")
 
 
 def _task():
@@ -31,8 +37,8 @@ def _task():
     emb[:, 0] = 3.0  # a shared direction keeps the expert inputs positive
     centers = rng.normal(size=(N, D - 5))
     centers = 2.0 * centers / np.linalg.norm(centers, axis=1, keepdims=True)
-    for t in range(8, V):
-        emb[t, 5:] = centers[(t - 8) // 4] + 0.3 * rng.normal(size=D - 5)
+    for t in range(A, A + 4 * N):
+        emb[t, 5:] = centers[(t - A) // 4] + 0.3 * rng.normal(size=D - 5)
     params["embed"]["embedding"] = jnp.asarray(emb)
     grp = params["groups"][0][0]
     grp["mixer"]["o"]["kernel"] = jnp.zeros_like(grp["mixer"]["o"]["kernel"])
@@ -44,7 +50,7 @@ def _task():
     grp["ffn"]["experts"] = {"gate": jnp.asarray(gate), "up": jnp.asarray(gate), "down": jnp.asarray(down)}
     head = np.zeros((D, V), np.float32)
     for e in range(N):
-        head[1 + e, 1 + e] = 8.0
+        head[1 + e, ONE + e] = 8.0
     params["lm_head"]["kernel"] = jnp.asarray(head)
 
     def examples(n_per, seed):
@@ -52,7 +58,7 @@ def _task():
         out, groups = [], []
         for g in range(N):
             for _ in range(n_per):
-                out.append((list(8 + 4 * g + r.integers(0, 4, size=6)), [1 + g]))
+                out.append(([int(t) for t in A + 4 * g + r.integers(0, 4, size=6)], [ONE + g]))
                 groups.append(g)
         return out, np.asarray(groups)
 
@@ -65,7 +71,7 @@ def _task():
 def task():
     cfg, params, examples, right = _task()
     ref_ex, ref_g = examples(6, 1)
-    test_ex, test_g = examples(2, 2)
+    test_ex, test_g = examples(6, 2)  # as many as the reference: the same compiled shapes
     rcfg = c3po.RemixConfig(critical_layers=CRIT, embedding="tokens", neighbours=3, core_experts=N)
     ref = c3po.build_reference(params, cfg, ref_ex, rcfg=rcfg, weights=right[ref_g][:, None, :])
     return cfg, params, ref, test_ex, rcfg
@@ -73,7 +79,7 @@ def task():
 
 def test_reference_holds_the_known_weights_and_low_losses(task):
     cfg, params, ref, _, _ = task
-    assert ref.weights.shape == (4 * N * 6 // 4, 1, N)
+    assert ref.weights.shape == (N * 6, 1, N)
     assert ref.critical_layers == CRIT
     assert ref.losses.max() < 0.1  # the right routing answers every reference example
 
@@ -105,9 +111,9 @@ def test_only_critical_layers_and_core_experts_change(task):
     core = c3po._core_mask(res.original, 2)
     assert changed.any() and not (changed & ~core).any()  # only core experts move
     toks = jnp.asarray([prompt])
-    _, base = lm.apply(params, toks, cfg)
     ov, mask = c3po._override(cfg, CRIT, jnp.asarray(res.weights[None]), jnp.asarray([len(prompt) - 1]), len(prompt))
-    _, new = lm.apply(params, toks, cfg, weight_override=ov, override_mask=mask)
+    _, base = apply(params, toks, cfg, weight_override=ov, override_mask=mask & False)  # nothing overridden
+    _, new = apply(params, toks, cfg, weight_override=ov, override_mask=mask)
     # layer 0 (not critical): identical routing everywhere
     np.testing.assert_array_equal(new["expert_ids"][0], base["expert_ids"][0])
     np.testing.assert_array_equal(new["expert_weights"][0], base["expert_weights"][0])
@@ -121,7 +127,7 @@ def test_override_with_own_weights_reproduces_the_model(task):
     cfg, params, ref, test_ex, _ = task
     ex = [(list(p), [int(a) for a in t[pos + 1:pos + 2]]) for t, pos in zip(ref.tokens, ref.pos) for p in [t[:pos + 1]]]
     tokens, target, pos = c3po.pack(ex)
-    w, _, _ = c3po.routing_and_embedding(params, cfg, jnp.asarray(tokens), jnp.asarray(pos), CRIT)
+    w, _ = c3po.routing_and_embedding(params, cfg, jnp.asarray(tokens), jnp.asarray(pos), CRIT)
     plain = c3po.example_losses(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos))
     same = c3po.example_losses(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos), w, CRIT)
     np.testing.assert_allclose(np.asarray(same), np.asarray(plain), rtol=1e-6)
@@ -137,3 +143,27 @@ def test_reference_round_trip_and_errors(task, tmp_path):
         c3po.remix(params, cfg, ref, test_ex[0][0], rcfg=c3po.RemixConfig(critical_layers=(5,)))
     with pytest.raises(ValueError, match="method"):
         c3po.remix(params, cfg, ref, test_ex[0][0], rcfg=c3po.RemixConfig(method="nope"))
+
+
+def test_remix_cli(task, tmp_path, capsys):
+    cfg, params, ref, test_ex, rcfg = task
+    run = tmp_path / "run"
+    make_run(run, Config(model=cfg, data=DataConfig(seq_len=16)), params=params)
+    text = lambda ids: bytes(ids).decode()
+    (tmp_path / "ref.jsonl").write_text("".join(
+        json.dumps({"prompt": text(t[:p + 1]), "answer": text(t[p + 1:p + 2])}) + "\n" for t, p in zip(ref.tokens, ref.pos)))
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": text(p), "answer": text(a)}) + "\n"
+                                               for p, a in test_ex))
+    rc = main(["remix", "--checkpoint", str(run), "--reference", str(tmp_path / "ref.jsonl"), "--inputs",
+               str(tmp_path / "in.jsonl"), "--method", "kernel", "--critical-layers", "1", "--core-experts", "4",
+               "--embedding", "tokens", "--max-new-tokens", "0", "--optimize-reference", "20", "--lr", "0.1",
+               "--only-solved", "--out", str(tmp_path / "out.jsonl")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "mean answer loss over 24 inputs" in out
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and all("alpha" in r for r in rows)
+    assert np.mean([r["loss_after"] for r in rows]) < 0.2 * np.mean([r["loss_before"] for r in rows])
+    rc = main(["remix", "--checkpoint", str(run), "--reference", str(tmp_path / "in.jsonl"), "--inputs",
+               str(tmp_path / "in.jsonl"), "--critical-layers", "0,7"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("error: critical layer 7 has no MoE") and len(err.splitlines()) == 1

@@ -1,6 +1,7 @@
 """Time-MoE forecasting: horizon schedule, KV cache == full re-run, normalisation, NaNs."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -9,12 +10,20 @@ from jaxmoe.decode.forecast import forecast, horizon_schedule
 from jaxmoe.models import time_moe as tm
 
 
+def random_params(m, seed=0, std=0.3):
+    """Random params of the right tree/shapes (numpy draws: jit(init) costs ~10 s of XLA
+    compile on CPU because of the threefry kernels)."""
+    shapes = jax.eval_shape(lambda: tm.init(jax.random.PRNGKey(0), m))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), jnp.float32), shapes)
+
+
 @pytest.fixture(scope="module")
 def model():
     cfg = load_config(None, ["model.family=time_moe", "model.embed_dim=16", "model.num_layers=2",
                              "model.num_heads=2", "model.ffn_dim=32", "model.moe.num_experts=4",
-                             "model.horizons=[1,4,8]", "model.init_std=0.3", "data.seq_len=16"])
-    return cfg, jax.jit(tm.init, static_argnums=1)(jax.random.PRNGKey(0), cfg.model)
+                             "model.horizons=[1,4,8]", "data.seq_len=16"])
+    return cfg, random_params(cfg.model, 0, 0.3)
 
 
 def test_horizon_schedule_decompositions():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxmoe.cli import main
-from jaxmoe.config import ModelConfig, MoEConfig
+from jaxmoe.config import load_config
 from jaxmoe.data.tokenizers import ByteTokenizer
 from jaxmoe.decode import steering
 from jaxmoe.models import lm
@@ -17,11 +17,14 @@ from routing_helpers import fast_init, make_run
 apply = jax.jit(lm.apply, static_argnames="cfg")
 
 
+TINY = ["model.embed_dim=16", "model.num_layers=3", "model.num_heads=2", "model.num_kv_heads=1",
+        "model.moe.num_experts=6", "model.moe.expert_ffn_dim=8", "model.moe.shared_ffn_dim=8",
+        "model.moe.dense_ffn_dim=16", "model.max_seq_len=64", "data.seq_len=32"]
+
+
 @pytest.fixture(scope="module")
 def model():
-    cfg = ModelConfig(vocab_size=259, embed_dim=16, num_layers=3, num_heads=2, max_seq_len=64,
-                      moe=MoEConfig(num_experts=6, experts_per_token=2, expert_ffn_dim=8, first_k_dense=1,
-                                    dense_ffn_dim=16))
+    cfg = load_config("configs/lm_tiny.yaml", TINY).model  # the CLI test loads the same model: shared compiles
     return cfg, fast_init(cfg, std=0.5)
 
 
@@ -45,18 +48,19 @@ def test_parse_and_mask_errors(model):
 def test_disabled_expert_gets_zero_tokens_and_forced_expert_is_everywhere(model):
     cfg, params = model
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 259, (4, 16)), jnp.int32)
-    _, base = apply(params, tokens, cfg)
+    none_off, none_forced = np.ones((3, 6), bool), np.zeros((3, 6), bool)  # neutral masks: one compiled program
+    _, base = apply(params, tokens, cfg, expert_mask=none_off, force_mask=none_forced)
     ids = np.asarray(base["expert_ids"])  # [moe layers (1, 2), T, k]
     busiest = [int(np.bincount(ids[i].ravel(), minlength=6).argmax()) for i in range(2)]
     em, fm = steering.router_masks(cfg, f"1:{busiest[0]},2:{busiest[1]}")
-    _, aux = apply(params, tokens, cfg, expert_mask=jnp.asarray(em))
+    _, aux = apply(params, tokens, cfg, expert_mask=em, force_mask=none_forced)
     for i in range(2):
         assert (ids[i] == busiest[i]).sum() > 0  # it had tokens before
         assert (np.asarray(aux["expert_ids"][i]) != busiest[i]).all()  # exactly zero tokens now
         assert float(aux["load"][i, busiest[i]]) == 0.0
     rare = [int(np.bincount(ids[i].ravel(), minlength=6).argmin()) for i in range(2)]
     _, fm = steering.router_masks(cfg, None, f"1:{rare[0]},2:{rare[1]}")
-    _, aux = apply(params, tokens, cfg, force_mask=jnp.asarray(fm))
+    _, aux = apply(params, tokens, cfg, expert_mask=none_off, force_mask=fm)
     for i in range(2):
         assert (np.asarray(aux["expert_ids"][i]) == rare[i]).any(-1).all()  # in every token's set
 
@@ -86,11 +90,7 @@ def test_profile_ranks_experts_and_masks_silence_them(model, tmp_path):
 
 def test_cli_profile_and_generate_flags(tmp_path, capsys):
     run = tmp_path / "run"
-    make_run(run, "configs/lm_tiny.yaml", ["model.embed_dim=16", "model.num_layers=3", "model.num_heads=2",
-                                            "model.num_kv_heads=1", "model.moe.num_experts=4",
-                                            "model.moe.expert_ffn_dim=8", "model.moe.shared_ffn_dim=8",
-                                            "model.moe.dense_ffn_dim=16", "model.max_seq_len=64", "data.seq_len=32"],
-             std=0.5)
+    make_run(run, "configs/lm_tiny.yaml", TINY, std=0.5)
     (tmp_path / "a.txt").write_text("def f(x):\n    return x\n\nimport os\n")
     (tmp_path / "b.txt").write_text("The cat sat on the mat.\nA quiet evening.\n")
     rc = main(["experts", "profile", "--checkpoint", str(run), "--prompts-a", str(tmp_path / "a.txt"),
@@ -99,7 +99,7 @@ def test_cli_profile_and_generate_flags(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "experts most specific to code" in out and "--disable-experts" in out
     ranking = json.loads((tmp_path / "ranking.json").read_text())
-    assert ranking["labels"] == ["code", "prose"] and len(ranking["ranking"]) == 2 * 4
+    assert ranking["labels"] == ["code", "prose"] and len(ranking["ranking"]) == 2 * 6
     assert (tmp_path / "heat.png").exists()
     rc = main(["generate", "--checkpoint", str(run), "--prompt", "def ", "--max-new-tokens", "4",
                "--disable-experts", "1:0,2:1", "--force-experts", "2:3"])

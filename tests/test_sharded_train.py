@@ -23,7 +23,7 @@ from jaxmoe.train.state import TrainState
 
 MOE = MoEConfig(num_experts=8, experts_per_token=2, expert_ffn_dim=16, num_shared_experts=1, shared_ffn_dim=16,
                 z_loss_coef=1e-3)
-DROPLESS = ModelConfig(vocab_size=64, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=16,
+DROPLESS = ModelConfig(vocab_size=64, embed_dim=32, num_layers=1, num_heads=4, num_kv_heads=2, max_seq_len=16,
                        moe=MOE)
 CAPACITY = dataclasses.replace(DROPLESS, moe=dataclasses.replace(MOE, dispatch="capacity", capacity_factor=0.5))
 BATCH, SEQ = 8, 8
@@ -37,12 +37,12 @@ MESHES = {
 }
 
 
-def _loss_and_grads(params, batch):
-    out = {}
-    for name, mcfg in (("dropless", DROPLESS), ("capacity", CAPACITY)):
+def _loss_and_grads(mcfg):
+    def fn(params, batch):
         (loss, metrics), grads = jax.value_and_grad(lm.loss_fn, has_aux=True)(params, batch, mcfg)
-        out[name] = {"loss": loss, "dropped": metrics["dropped_frac"], "grads": grads}
-    return out
+        return {"loss": loss, "dropped": metrics["dropped_frac"], "grads": grads}
+
+    return fn
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +50,31 @@ def setup():
     params = lm.init(jax.random.PRNGKey(0), DROPLESS)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (BATCH, SEQ + 1), 0, DROPLESS.vocab_size)
     batch = {"tokens": np.asarray(tokens)}
-    ref = jax.jit(_loss_and_grads)(params, batch)
+    ref = {"dropless": jax.jit(_loss_and_grads(DROPLESS))(params, batch),
+           "capacity": jax.jit(_loss_and_grads(CAPACITY))(params, batch)}
     assert float(ref["dropless"]["dropped"]) == 0.0 and float(ref["capacity"]["dropped"]) > 0.1
     return params, batch, ref
 
 
-@pytest.mark.parametrize("name", list(MESHES))
-def test_loss_and_grads_equal_single_device(setup, name):
+# every mesh shape with dropless dispatch; the capacity engine (dropped tokens) on the
+# expert-parallel shapes (the MoE-layer test covers drops on every shape)
+CASES = [(m, "dropless") for m in MESHES] + [("data2_expert4", "capacity"), ("fsdp2_expert2_tensor2", "capacity")]
+
+
+@pytest.mark.parametrize("name,case", CASES)
+def test_loss_and_grads_equal_single_device(setup, name, case):
     params, batch, ref = setup
     mesh = build_mesh(MeshConfig(**MESHES[name]))
     rules = sh.make_rules()
     psh = sh.param_shardings(lm.param_axes(DROPLESS), mesh, rules, params)
     sharded = jax.device_put(params, psh)
+    mcfg = DROPLESS if case == "dropless" else CAPACITY
     with sh.use_mesh(mesh, rules, all_to_all="padded"):
-        got = jax.jit(_loss_and_grads)(sharded, sh.shard_batch(batch, mesh, rules))
-    for case in ("dropless", "capacity"):
-        np.testing.assert_allclose(got[case]["loss"], ref[case]["loss"], rtol=1e-5, atol=1e-6)
-        assert float(got[case]["dropped"]) == pytest.approx(float(ref[case]["dropped"]), abs=1e-7)
-        chex.assert_trees_all_close(got[case]["grads"], ref[case]["grads"], atol=2e-5, rtol=1e-4)
+        got = jax.jit(_loss_and_grads(mcfg))(sharded, sh.shard_batch(batch, mesh, rules))
+    want = ref[case]
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, atol=1e-6)
+    assert float(got["dropped"]) == pytest.approx(float(want["dropped"]), abs=1e-7)
+    chex.assert_trees_all_close(got["grads"], want["grads"], atol=2e-5, rtol=1e-4)
 
 
 def test_trainer_step_on_mesh_equals_single_device_and_keeps_shardings(setup):
@@ -80,8 +87,8 @@ def test_trainer_step_on_mesh_equals_single_device_and_keeps_shardings(setup):
         cfg = Config(model=DROPLESS, data=DataConfig(seq_len=SEQ), train=tcfg, mesh=mcfg)
         mesh = build_mesh(config=cfg)
         step, _, state_sh = loop._compiled_steps(DROPLESS, tcfg, mcfg, mesh)
-        state = TrainState.create(params, make_optimizer(tcfg), 0)
-        state = jax.device_put(state, state_sh)
+        state = TrainState.create(jax.tree.map(np.array, params), make_optimizer(tcfg), 0)
+        state = jax.device_put(jax.tree.map(np.array, state), state_sh)  # fresh buffers: the step donates them
         state, metrics = step(state, sh.shard_batch(batch, mesh, sh.rules_from_config(mcfg)))
         results[name] = (state, metrics)
         leaves, want = jax.tree.leaves(state), jax.tree.leaves(state_sh)

@@ -14,9 +14,16 @@ from jaxmoe.moe.router import router_logits
 from jaxmoe.nn.layers import rmsnorm
 
 
-_init = jax.jit(tm.init, static_argnums=1)
 _apply = jax.jit(tm.apply, static_argnums=2)
 _loss = jax.jit(tm.loss_fn, static_argnums=2)
+
+
+def random_params(m, seed=0, std=0.3):
+    """Random params of the right tree/shapes (numpy draws: jit(init) costs ~10 s of XLA
+    compile on CPU because of the threefry kernels)."""
+    shapes = jax.eval_shape(lambda: tm.init(jax.random.PRNGKey(0), m))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape), jnp.float32), shapes)
 
 
 def tiny_cfg(*extra):
@@ -28,7 +35,7 @@ def tiny_cfg(*extra):
 
 def test_param_layout_and_widths():
     m = tiny_cfg()
-    p = _init(jax.random.PRNGKey(0), m)
+    p = random_params(m, 0)
     ffn = p["layers"]["ffn"]
     chex.assert_shape(p["embed"]["gate"], (1, 16))
     chex.assert_shape(p["embed"]["emb"], (1, 16))
@@ -47,7 +54,7 @@ def test_param_layout_and_widths():
 @pytest.mark.parametrize("input_size", [1, 2])
 def test_head_shapes(input_size):
     m = tiny_cfg(f"model.input_size={input_size}")
-    p = _init(jax.random.PRNGKey(0), m)
+    p = random_params(m, 0)
     x = jnp.ones((3, 7, input_size)) if input_size > 1 else jnp.ones((3, 7))
     preds, aux = _apply(p, x, m)
     assert len(preds) == 3
@@ -87,7 +94,7 @@ def _hand_inputs(values, mask):
 
 def test_loss_matches_hand_computation():
     m = tiny_cfg("model.init_std=0.5")
-    p = _init(jax.random.PRNGKey(1), m)
+    p = random_params(m, 1, 0.6)
     rng = np.random.default_rng(0)
     values = rng.normal(size=(2, 7)) * 3.0 + 10.0
     mask = np.ones((2, 7))
@@ -130,7 +137,7 @@ def test_loss_matches_hand_computation():
 
 def test_aux_loss_equals_concatenated_formula():
     m = tiny_cfg("model.init_std=0.3")
-    p = _init(jax.random.PRNGKey(2), m)
+    p = random_params(m, 2)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9)), jnp.float32)
     _, aux = _apply(p, x, m)
     # second path: run the layers one by one, collect each router's logits
@@ -165,7 +172,7 @@ def test_moe_ffn_equation():
     """y = sum_k p_k expert_k(x) (top-k softmax, not renormalised) + sigmoid(x w) shared(x)."""
     m = tiny_cfg("model.init_std=0.3")
     mcfg = tm.moe_config(m)
-    p = jax.tree.map(lambda a: a[0], _init(jax.random.PRNGKey(3), m)["layers"]["ffn"])
+    p = jax.tree.map(lambda a: a[0], random_params(m, 3)["layers"]["ffn"])
     x = np.random.default_rng(2).normal(size=(1, 5, 16)).astype(np.float32)
     y, _ = moe(p, jnp.asarray(x), mcfg)
     pn = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
@@ -184,7 +191,7 @@ def test_moe_ffn_equation():
 
 def test_dense_option():
     m = tiny_cfg("model.use_dense=true")
-    p = _init(jax.random.PRNGKey(0), m)
+    p = random_params(m, 0)
     assert set(p["layers"]["ffn"]) == {"gate", "up", "down"}
     chex.assert_shape(p["layers"]["ffn"]["gate"], (2, 16, 32))
     values = jnp.asarray(np.sin(np.arange(4 * 17).reshape(4, 17) / 3.0), jnp.float32)

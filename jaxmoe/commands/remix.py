@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def add_arguments(p) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory written by `jaxmoe train`")
@@ -26,8 +28,12 @@ def add_arguments(p) -> None:
     p.add_argument("--neighbours", type=int, default=3)
     p.add_argument("--steps", type=int, default=10, help="gradient steps (ngd)")
     p.add_argument("--lr", type=float, default=0.05, help="step length (ngd)")
+    p.add_argument("--embedding", choices=["hidden", "tokens"], default="hidden",
+                   help="neighbour search on the prompt's mean final hidden state or mean token embedding")
+    p.add_argument("--optimize-reference", type=int, default=0, metavar="STEPS",
+                   help="first improve each reference example's weights on its own answer (gradient steps)")
     p.add_argument("--only-solved", action="store_true",
-                   help="keep only reference examples the model already answers (teacher-forced greedy)")
+                   help="keep only reference examples that their weights answer (teacher-forced greedy)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="continuation length (0 = none)")
     p.add_argument("--out", default=None, help="write one JSON object per input")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -77,41 +83,46 @@ def run(args) -> int:
         raise UserError(f"`remix` needs a language model; this checkpoint is a {cfg.model.family} model.")
     tok = load_tokenizer(cfg.data.tokenizer)
     rcfg = c3po.RemixConfig(method=args.method, critical_layers=crit, core_experts=args.core_experts,
-                            neighbours=args.neighbours, steps=args.steps, lr=args.lr)
+                            neighbours=args.neighbours, steps=args.steps, lr=args.lr, embedding=args.embedding)
     enc = lambda text: tok.encode(text) or [tok.bos_id]
     try:
         ref = c3po.build_reference(params, cfg.model, [(enc(r["prompt"]), tok.encode(r["answer"])) for r in ref_rows],
-                                   rcfg=rcfg)
+                                   rcfg=rcfg, optimize_steps=args.optimize_reference)
         if args.only_solved:
             if not ref.solved.any():
                 raise UserError("the model solves none of the reference examples; drop --only-solved.")
             ref = ref.subset(ref.solved)
         print(f"reference set: {len(ref.losses)} examples, critical layers {list(ref.critical_layers)}")
+        prompts = [enc(row["prompt"]) for row in rows]
+        results = [c3po.remix(params, cfg.model, ref, prompt, rcfg=rcfg) for prompt in prompts]
         out_rows = []
-        for row in rows:
-            prompt = enc(row["prompt"])
-            res = c3po.remix(params, cfg.model, ref, prompt, rcfg=rcfg)
+        for row, res in zip(rows, results):
             rec = {"prompt": row["prompt"], "neighbours": [int(i) for i in res.neighbours],
                    "neighbour_loss_before": res.neighbour_loss_before, "neighbour_loss_after": res.neighbour_loss_after}
             if res.alpha is not None:
                 rec["alpha"] = res.alpha
-            if isinstance(row.get("answer"), str) and row["answer"]:
-                ex = [(prompt, tok.encode(row["answer"]))]
-                rec["answer"] = row["answer"]
-                rec["loss_before"] = float(c3po.answer_losses(params, cfg.model, ex)[0])
-                rec["loss_after"] = float(c3po.answer_losses(params, cfg.model, ex, [res])[0])
+            out_rows.append(rec)
+        scored = [i for i, row in enumerate(rows) if isinstance(row.get("answer"), str) and row["answer"]]
+        if scored:  # answer losses of all inputs in one batch, before and after
+            ex = [(prompts[i], tok.encode(rows[i]["answer"])) for i in scored]
+            before = c3po.answer_losses(params, cfg.model, ex)
+            after = c3po.answer_losses(params, cfg.model, ex, [results[i] for i in scored])
+            for j, i in enumerate(scored):
+                out_rows[i].update(answer=rows[i]["answer"], loss_before=float(before[j]), loss_after=float(after[j]))
+        for prompt, res, rec in zip(prompts, results, out_rows):
             if args.max_new_tokens > 0:
                 for key, r in (("generation_before", None), ("generation_after", res)):
                     ids = c3po.generate_remixed(params, cfg.model, prompt, args.max_new_tokens, r)
                     if tok.eos_id in ids:
                         ids = ids[: ids.index(tok.eos_id)]
                     rec[key] = tok.decode(ids)
-            out_rows.append(rec)
             loss = (f"  answer loss {rec['loss_before']:.4f} -> {rec['loss_after']:.4f}" if "loss_after" in rec else "")
-            print(f"{row['prompt']!r}: neighbours' loss {res.neighbour_loss_before:.4f} -> "
-                  f"{res.neighbour_loss_after:.4f}{loss}")
+            print(f"{rec['prompt']!r}: neighbours' loss {rec['neighbour_loss_before']:.4f} -> "
+                  f"{rec['neighbour_loss_after']:.4f}{loss}")
             if "generation_after" in rec:
                 print(f"  before: {rec['generation_before']!r}\n  after:  {rec['generation_after']!r}")
+        if scored:
+            print(f"mean answer loss over {len(scored)} inputs: {np.mean(before):.4f} -> {np.mean(after):.4f}")
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.out:

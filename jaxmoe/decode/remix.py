@@ -127,23 +127,31 @@ def _override(cfg: ModelConfig, crit: tuple[int, ...], weights: jax.Array, pos: 
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "crit"))
-def example_losses(params, cfg: ModelConfig, tokens, target_mask, pos, weights=None, crit: tuple[int, ...] = ()):
-    """Per-example answer loss ``[n]``; with ``weights [n, Lc, N]`` the critical layers'
-    routing scores of the last prompt token are replaced by them."""
+def example_stats(params, cfg: ModelConfig, tokens, target_mask, pos, weights=None, crit: tuple[int, ...] = ()):
+    """Per-example answer loss ``[n]`` and whether teacher-forced greedy decoding gets every
+    answer token right ``[n]``; with ``weights [n, Lc, N]`` the critical layers' routing
+    scores of the last prompt token are replaced by them."""
     kw = {}
     if weights is not None:
         kw["weight_override"], kw["override_mask"] = _override(cfg, crit, weights, pos, tokens.shape[1] - 1)
     logits, _ = lm.apply(params, tokens[:, :-1], cfg, **kw)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    return (nll * target_mask).sum(1) / jnp.maximum(target_mask.sum(1), 1.0)
+    loss = (nll * target_mask).sum(1) / jnp.maximum(target_mask.sum(1), 1.0)
+    right = (jnp.argmax(logits, -1) == tokens[:, 1:]) | (target_mask == 0)
+    return loss, right.all(1)
+
+
+def example_losses(params, cfg: ModelConfig, tokens, target_mask, pos, weights=None, crit: tuple[int, ...] = ()):
+    """Per-example answer loss ``[n]`` (see :func:`example_stats`)."""
+    return example_stats(params, cfg, tokens, target_mask, pos, weights, crit)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "crit", "embedding"))
 def routing_and_embedding(params, cfg: ModelConfig, tokens, pos, crit: tuple[int, ...], embedding: str = "hidden"):
-    """Router scores of the last prompt token in the critical layers ``[n, Lc, N]``, the
-    prompt embedding ``[n, D]`` and whether greedy decoding reproduces the answer."""
-    logits, aux = lm.apply(params, tokens, cfg, return_probs=True, return_hidden=True)
+    """Router scores of the last prompt token in the critical layers ``[n, Lc, N]`` and
+    the prompt embedding ``[n, D]``."""
+    _, aux = lm.apply(params, tokens, cfg, return_probs=True, return_hidden=True)
     n, s = tokens.shape
     moe_layers = lm.moe_layer_indices(cfg)
     rows = jnp.asarray([moe_layers.index(c) for c in crit])
@@ -155,7 +163,7 @@ def routing_and_embedding(params, cfg: ModelConfig, tokens, pos, crit: tuple[int
     else:
         feats = jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(jnp.float32)
     emb = (feats * prompt[..., None]).sum(1) / prompt.sum(1, keepdims=True)
-    return w, emb, logits
+    return w, emb
 
 
 @dataclasses.dataclass
@@ -168,7 +176,7 @@ class ReferenceSet:
     weights: np.ndarray  # [n, Lc, N]
     losses: np.ndarray  # [n]
     embeddings: np.ndarray  # [n, D]
-    solved: np.ndarray  # [n] bool: greedy decoding (teacher-forced) reproduces the answer
+    solved: np.ndarray  # [n] bool: with its weights, teacher-forced greedy decoding gets the answer
     critical_layers: tuple[int, ...]
 
     def save(self, path) -> None:
@@ -187,24 +195,56 @@ class ReferenceSet:
                                             if f.name != "critical_layers"})
 
 
+def _own_losses_sum(w, params, cfg: ModelConfig, tokens, target, pos, crit):
+    return example_losses(params, cfg, tokens, target, pos, w, crit).sum()
+
+
+_own_grad = jax.jit(jax.value_and_grad(_own_losses_sum), static_argnames=("cfg", "crit"))
+
+
+def optimize_weights(params, cfg: ModelConfig, tokens, target, pos, weights, crit: tuple[int, ...], steps: int,
+                     lr: float) -> np.ndarray:
+    """Per-example normalised gradient descent of each example's critical-layer weights
+    ``[n, Lc, N]`` on its *own* answer loss (the best iterate per example is kept): turns
+    the model's pathways into ones that solve the reference examples."""
+    tokens, target, pos = jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos)
+    w = jnp.asarray(weights, jnp.float32)
+    best_w = np.asarray(w)
+    best = np.asarray(example_losses(params, cfg, tokens, target, pos, w, crit))
+    for step in range(steps + 1):
+        _, g = _own_grad(w, params, cfg, tokens, target, pos, crit)
+        if step:
+            cur = np.asarray(example_losses(params, cfg, tokens, target, pos, w, crit))
+            better = cur < best
+            best = np.where(better, cur, best)
+            best_w = np.where(better[:, None, None], np.asarray(w), best_w)
+        if step == steps:
+            break
+        norm = jnp.sqrt((g * g).sum((1, 2), keepdims=True)) + 1e-12
+        w = jnp.maximum(w - lr * g / norm, 0.0)
+    return best_w
+
+
 def build_reference(params, cfg: ModelConfig, examples: Sequence[Example], *, rcfg: RemixConfig = RemixConfig(),
-                    weights: np.ndarray | None = None, width: int | None = None) -> ReferenceSet:
+                    weights: np.ndarray | None = None, optimize_steps: int = 0, width: int | None = None) -> ReferenceSet:
     """Reference set from ``examples``. ``weights [n, Lc, N]`` gives known-good routing
-    weights of the critical layers (the model's own when None); losses are computed with
-    those weights."""
+    weights of the critical layers (the model's own when None); ``optimize_steps > 0``
+    first improves them on each example's own answer (:func:`optimize_weights`, step
+    length ``rcfg.lr``). Losses and ``solved`` are computed with the final weights."""
     crit, _ = _check(cfg, rcfg)
     tokens, target, pos = pack(examples, width)
-    w, emb, logits = routing_and_embedding(params, cfg, jnp.asarray(tokens), jnp.asarray(pos), crit, rcfg.embedding)
+    w, emb = routing_and_embedding(params, cfg, jnp.asarray(tokens), jnp.asarray(pos), crit, rcfg.embedding)
     if weights is not None:
         weights = np.asarray(weights, np.float32)
         if weights.shape != tuple(w.shape):
             raise ValueError(f"weights must have shape {tuple(w.shape)} (examples, critical layers, experts), got "
                              f"{weights.shape}.")
         w = jnp.asarray(weights)
-    losses = example_losses(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos), w, crit)
-    pred = np.asarray(jnp.argmax(logits[:, :-1], -1))
-    solved = ((pred == tokens[:, 1:]) | (target == 0)).all(1)
-    return ReferenceSet(tokens, target, pos, np.asarray(w), np.asarray(losses), np.asarray(emb), solved, crit)
+    if optimize_steps > 0:
+        w = jnp.asarray(optimize_weights(params, cfg, tokens, target, pos, w, crit, optimize_steps, rcfg.lr))
+    losses, solved = example_stats(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos), w, crit)
+    return ReferenceSet(tokens, target, pos, np.asarray(w), np.asarray(losses), np.asarray(emb), np.asarray(solved),
+                        crit)
 
 
 # ------------------------------------------------------------------------------ re-mix
@@ -251,7 +291,7 @@ def remix(params, cfg: ModelConfig, reference: ReferenceSet, prompt: Sequence[in
     if len(reference.losses) == 0:
         raise ValueError("the reference set is empty.")
     tokens, _, pos = pack([(prompt, [])])
-    w0, emb, _ = routing_and_embedding(params, cfg, jnp.asarray(tokens), jnp.asarray(pos), crit, rcfg.embedding)
+    w0, emb = routing_and_embedding(params, cfg, jnp.asarray(tokens), jnp.asarray(pos), crit, rcfg.embedding)
     w0, emb = np.asarray(w0[0]), np.asarray(emb[0])
     dist = np.linalg.norm(reference.embeddings - emb[None], axis=-1)
     k = min(rcfg.neighbours, len(dist))

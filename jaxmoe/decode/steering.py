@@ -102,18 +102,26 @@ def _assignments(params, tokens, cfg: ModelConfig, expert_mask=None, force_mask=
     return (oh * aux["expert_valid"][..., None]).max(2)
 
 
+def _width(token_lists, cfg: ModelConfig) -> int:
+    """Padded prompt width: a power of two >= 16 (few compiled shapes), at most max_seq_len."""
+    longest = max((len(t) for t in token_lists), default=0)
+    if longest > cfg.max_seq_len:
+        raise ValueError(f"a prompt has {longest} tokens, more than model.max_seq_len={cfg.max_seq_len}.")
+    return min(cfg.max_seq_len, max(16, 1 << (longest - 1).bit_length()))
+
+
 def expert_frequencies(params, cfg: ModelConfig, token_lists: Sequence[Sequence[int]], *, batch_size: int = 16,
-                       expert_mask=None, force_mask=None) -> tuple[np.ndarray, int]:
+                       width: int | None = None, expert_mask=None, force_mask=None) -> tuple[np.ndarray, int]:
     """Fraction of prompt tokens whose routed set contains each expert: ``([moe layers,
     experts], number of tokens)``. Prompts are right-padded (the model is causal, so
-    padding changes nothing before it) to a multiple of 16 and only real tokens count."""
+    padding changes nothing before it) and only real tokens count."""
     token_lists = [list(t) for t in token_lists if len(t)]
     if not token_lists:
         raise ValueError("no prompt has any tokens.")
-    longest = max(len(t) for t in token_lists)
-    if longest > cfg.max_seq_len:
-        raise ValueError(f"a prompt has {longest} tokens, more than model.max_seq_len={cfg.max_seq_len}.")
-    width = min(cfg.max_seq_len, -(-longest // 16) * 16)
+    width = width or _width(token_lists, cfg)
+    shape = (cfg.num_layers, cfg.moe.num_experts)  # masks always given: one compiled program
+    expert_mask = np.ones(shape, bool) if expert_mask is None else np.asarray(expert_mask, bool)
+    force_mask = np.zeros(shape, bool) if force_mask is None else np.asarray(force_mask, bool)
     num_moe = len(lm.moe_layer_indices(cfg))
     counts = np.zeros((num_moe, cfg.moe.num_experts))
     total = 0
@@ -136,9 +144,10 @@ def profile_experts(params, cfg: ModelConfig, prompts_a: Sequence[str], prompts_
     the experts ranked by it (A-specific first)."""
     if not prompts_a or not prompts_b:
         raise ValueError("both prompt sets need at least one prompt.")
-    enc = lambda prompts: [tokenizer.encode(p) for p in prompts]
-    fa, na = expert_frequencies(params, cfg, enc(prompts_a), batch_size=batch_size)
-    fb, nb = expert_frequencies(params, cfg, enc(prompts_b), batch_size=batch_size)
+    ta, tb = [tokenizer.encode(p) for p in prompts_a], [tokenizer.encode(p) for p in prompts_b]
+    width = _width(ta + tb, cfg)
+    fa, na = expert_frequencies(params, cfg, ta, batch_size=batch_size, width=width)
+    fb, nb = expert_frequencies(params, cfg, tb, batch_size=batch_size, width=width)
     diff = fa - fb
     layers = lm.moe_layer_indices(cfg)
     ranking = [{"layer": layers[i], "expert": e, "freq_a": float(fa[i, e]), "freq_b": float(fb[i, e]),

@@ -46,6 +46,9 @@ sampler. Small-rate Poisson (rate < 10) is exact inversion over 48 terms.
 
 Parameters are pytrees: ``{"weights_logits": [..., C], "<component>": {"<arg>": [...]}}``
 with every leaf of the same batch shape ``[...]`` (``weights_logits`` has one more axis).
+``weights_logits[..., i]`` belongs to the ``i``-th component in **sorted name order**
+(:func:`components_of`), whatever the order of the raw layout: ``jax`` pytrees sort dict keys,
+so that is the only order a params dict keeps through ``jit``.
 """
 
 from __future__ import annotations
@@ -307,7 +310,8 @@ def domain_map(raw: jax.Array, components: Sequence[str]) -> dict:
         raise ValueError(f"raw parameters have {raw.shape[-1]} entries per point; components "
                          f"{list(components)} need {num_raw_params(components)}.")
     c = len(components)
-    out = {"weights_logits": raw[..., :c]}
+    order = [components.index(name) for name in sorted(components)]
+    out = {"weights_logits": raw[..., jnp.asarray(order)]}
     i = c
     for name in components:
         args = {}
@@ -325,8 +329,9 @@ def domain_map(raw: jax.Array, components: Sequence[str]) -> dict:
 
 
 def components_of(params: dict) -> tuple[str, ...]:
-    """Component names of a mixture params dict, in order."""
-    return tuple(k for k in params if k != "weights_logits")
+    """Component names of a mixture params dict, in the order of ``weights_logits``: sorted
+    by name (pytree flattening sorts dict keys, so no other order survives ``jax.jit``)."""
+    return tuple(sorted(k for k in params if k != "weights_logits"))
 
 
 def mixture_log_prob(params: dict, x: jax.Array) -> jax.Array:

@@ -15,8 +15,11 @@ Training runs the recurrence as a ``lax.associative_scan`` over the sequence
 (``mode="assoc"``); with ``chunk_size`` the sequence is cut into chunks, each chunk's
 ``[batch, chunk, E, N]`` elements are built, scanned and contracted with ``C`` inside a
 rematerialised ``lax.scan`` step, so neither the forward nor the backward pass holds
-``[batch, seq, E, N]``. ``mode="scan"`` is the sequential ``lax.scan`` reference (the
-same step :func:`mamba_step` runs when decoding). Scan arithmetic is float32.
+``[batch, seq, E, N]``. Chunking trades speed for memory (the chunks run one after the
+other and the backward pass recomputes each chunk; ``benchmarks/ssm_scan.py`` measures
+it), so leave ``chunk_size=None`` while ``[batch, seq, E, N]`` fits. ``mode="scan"`` is
+the sequential ``lax.scan`` reference (the same step :func:`mamba_step` runs when
+decoding). Scan arithmetic is float32.
 
 Params (flat dict; ``init_mamba`` returns them boxed)::
 

@@ -207,6 +207,7 @@ def load_params(path: str | Path, step: int | None = None):
     diffs = checkpoint_mismatch(manager, step, cfg, target) if step in manager.all_steps() else []
     if diffs:
         raise CheckpointError(f"checkpoint {step} in {run_dir} was made with another model config than "
-                              f"{run_dir / 'config.yaml'}: {'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}.")
+                              f"{run_dir / 'config.yaml'}: {'; '.join(diffs[:4])}"
+                              f"{f' (and {len(diffs) - 4} more)' if len(diffs) > 4 else ''}.")
     state, _, _ = restore(manager, target, step)
     return cfg, jax.device_get(state.params)

@@ -183,6 +183,10 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                                        f"{'; '.join(diffs)}.")
         # restore straight into this run's shardings (the checkpoint may come from another mesh)
         target = shard_lib.with_shardings(abstract_train_state(cfg, task), state_sh)
+        diffs = ckpt.checkpoint_mismatch(manager, latest, cfg, target)  # e.g. checkpoints copied from elsewhere
+        if diffs:
+            raise ckpt.CheckpointError(f"checkpoint {latest} in {run_dir} was made with another model config: "
+                                       f"{'; '.join(diffs[:4])}{f' (and {len(diffs) - 4} more)' if len(diffs) > 4 else ''}.")
         state, data_state, meta = ckpt.restore(manager, target)
         train_iter.set_state(data_state)
         spikes = SpikeDetector(tcfg.spike_factor, history=(meta or {}).get("loss_window", ()))

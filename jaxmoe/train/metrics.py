@@ -103,7 +103,7 @@ def plot_expert_load(load: np.ndarray, path: str | Path, layer_ids=None, title: 
     ax.set_ylabel("MoE layer")
     if layer_ids is not None:
         ax.set_yticks(range(len(layer_ids)), [str(i) for i in layer_ids])
-    fig.colorbar(im, ax=ax, label="load x num_experts (1 = balanced)")
+    fig.colorbar(im, ax=ax, label="load x E (1 = even)")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
