@@ -8,8 +8,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 RES=${1:-/tmp/jaxmoe_bench.jsonl}
 shift || true
-timeout ${TRAIN_TIMEOUT:-300} $PY benchmarks/train_step.py --config configs/bench_moe_1b.yaml --jsonl "$RES" "$@" \
-  || echo "train_step.py failed (exit $?)"
+if ! timeout ${TRAIN_TIMEOUT:-300} $PY benchmarks/train_step.py --config configs/bench_moe_1b.yaml --jsonl "$RES" "$@"; then
+  echo "train_step.py failed; fallback: capacity dispatch (einsum experts, capacity factor 1.25)"
+  timeout ${TRAIN_TIMEOUT:-300} $PY benchmarks/train_step.py --config configs/bench_moe_1b.yaml --jsonl "$RES" \
+    --label "jaxmoe-capacity" --set model.moe.dispatch=capacity || echo "fallback failed"
+fi
 if [ -z "${JAXMOE_SKIP_PEER:-}" ]; then
   timeout ${PEER_TIMEOUT:-200} $PY benchmarks/peer_hf.py --jsonl "$RES" || echo "peer_hf.py failed (exit $?)"
 fi

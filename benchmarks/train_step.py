@@ -37,7 +37,52 @@ def attention_kind(hlo: str) -> str:
     return "cudnn" if ("cudnn$fmha" in hlo or "__cudnn$fmha" in hlo or "cudnn_fmha" in hlo) else "xla"
 
 
-def run(cfg, modes, steps: int, label: str = "jaxmoe"):
+CATEGORIES = [("attention (cuDNN)", ("fmha", "cudnn", "flash")), ("grouped gemm (Pallas)", ("mosaic", "ragged", "pallas")),
+              ("dense gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul", "dot")),
+              ("sort", ("sort",)), ("gather/scatter", ("gather", "scatter", "dynamic")),
+              ("reduce", ("reduce", "reduction")), ("copy/transpose", ("copy", "transpose", "concatenate")),
+              ("elementwise fusion", ("fusion",))]
+
+
+def profile_summary(trace_dir: str, steps: int, top: int = 30) -> str:
+    """Sum GPU kernel time by kernel name over the captured steps (jax.profiler trace)."""
+    import glob
+
+    from jax.profiler import ProfileData
+
+    files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
+    if not files:
+        return "no trace written"
+    pd = ProfileData.from_file(files[-1])
+    per_line: dict[str, dict[str, float]] = {}
+    for plane in pd.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            d = per_line.setdefault(line.name, {})
+            for ev in line.events:
+                d[ev.name] = d.get(ev.name, 0.0) + ev.duration_ns / 1e6 / steps
+    header = "GPU trace lines: " + ", ".join(f"{k} ({sum(v.values()):.1f} ms)" for k, v in per_line.items())
+    streams = [k for k in per_line if k.startswith("Stream")] or [k for k in per_line if "Ops" in k]
+    by_name: dict[str, float] = {}
+    for k in streams:
+        for name, ms in per_line[k].items():
+            by_name[name] = by_name.get(name, 0.0) + ms
+    total = sum(by_name.values())
+    cats: dict[str, float] = {}
+    for name, ms in by_name.items():
+        low = name.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
+        cats[cat] = cats.get(cat, 0.0) + ms
+    lines = [header, f"GPU kernel time per step: {total:.2f} ms (lines: {', '.join(streams)})", "by category:"]
+    lines += [f"  {c:24s} {ms:8.2f} ms {100 * ms / max(total, 1e-9):5.1f}%" for c, ms in sorted(cats.items(), key=lambda t: -t[1])]
+    lines.append(f"top {top} kernels:")
+    for name, ms in sorted(by_name.items(), key=lambda t: -t[1])[:top]:
+        lines.append(f"  {ms:8.3f} ms {100 * ms / max(total, 1e-9):5.1f}%  {name[:110]}")
+    return "\n".join(lines)
+
+
+def run(cfg, modes, steps: int, label: str = "jaxmoe", profile: str | None = None):
     m = cfg.model
     b, s = cfg.train.batch_size, cfg.data.seq_len
     loss_fn = lambda p, batch, rng: lm.loss_fn(p, batch, m, rng)
@@ -79,6 +124,17 @@ def run(cfg, modes, steps: int, label: str = "jaxmoe"):
             carry = nxt(out)
         jax.block_until_ready(out)
         sec = (time.perf_counter() - t0) / steps
+        if profile and mode == modes[0]:
+            try:
+                jax.profiler.start_trace(profile)
+                for i in range(2):
+                    out = call(carry, batches[i % 2])
+                    carry = nxt(out)
+                jax.block_until_ready(out)
+                jax.profiler.stop_trace()
+                print(profile_summary(profile, 2), flush=True)
+            except Exception as ex:  # the profile is optional
+                print(f"profile failed: {type(ex).__name__}: {ex}", flush=True)
         loss = out[1]["loss"] if mode == "full" else (out[0] if mode == "grad" else out)
         tokens = b * s
         row = dict(impl=label, mode=mode, step_ms=sec * 1e3, tokens_per_s=tokens / sec,
@@ -99,10 +155,11 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--label", default="jaxmoe")
     ap.add_argument("--jsonl", default=None)
+    ap.add_argument("--profile", default=None, help="trace directory: print GPU kernel time by kernel")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.set)
     print(f"device: {device_name()}  jax {jax.__version__}", flush=True)
-    rows, flops_tok, active = run(cfg, args.modes.split(","), args.steps, args.label)
+    rows, flops_tok, active = run(cfg, args.modes.split(","), args.steps, args.label, args.profile)
     print(f"\n{args.config} {' '.join(args.set)}: batch {cfg.train.batch_size} x {cfg.data.seq_len}, "
           f"active params excl. input embedding {active / 1e9:.4f}B, {flops_tok / 1e9:.3f} GFLOP/token")
     print(table(rows))

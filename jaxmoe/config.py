@@ -126,6 +126,19 @@ class ModelConfig:
     patch_size: int = 16
     mixture_components: tuple[str, ...] = ("student_t", "normal_fixed", "negative_binomial", "log_normal")
     moirai_gating: Literal["learned", "centroid", "centroid_nearest"] = "learned"
+    # state-space families (specs/ssm.md). s_mamba / spacetime: lookback window and forecast horizon
+    # (state size ssm_state_dim, FFN width ffn_dim, per-window instance normalisation);
+    # lssl_classifier: classes and pooling (inputs are ids < vocab_size); dropout of all three;
+    # spacetime: fixed preprocessing kernels and loss weights (horizon, lag, next input)
+    lookback: int = 96
+    horizon: int = 24
+    instance_norm: bool = True
+    num_classes: int = 10
+    pooling: Literal["mean", "last"] = "mean"
+    dropout_rate: float = 0.0
+    preprocess_diff_orders: tuple[int, ...] = (0, 1, 2)
+    preprocess_ma_windows: tuple[int, ...] = ()
+    loss_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
     extra: tuple[tuple[str, Any], ...] = ()  # family-specific options as (key, value) pairs
 
     @property
@@ -477,6 +490,17 @@ def validate(cfg: Config) -> None:
                and any(c in comps[:3] for c in m.mixture_components),
                f"model.mixture_components={list(m.mixture_components)} must be distinct names from {', '.join(comps)}, "
                "including one of student_t, normal, normal_fixed (negative values need a real-valued component).")
+    if m.family in ("s_mamba", "spacetime", "lssl_classifier"):
+        _check(m.lookback >= 1 and m.horizon >= 1 and m.num_classes >= 2 and 0.0 <= m.dropout_rate < 1.0,
+               "model.lookback and model.horizon must be >= 1, model.num_classes >= 2 and model.dropout_rate in [0, 1).")
+    if m.family == "spacetime":
+        taps = [o + 1 for o in m.preprocess_diff_orders] + list(m.preprocess_ma_windows)
+        _check(len(m.loss_weights) == 3 and all(w >= 0 for w in m.loss_weights),
+               f"model.loss_weights={list(m.loss_weights)} must be 3 numbers >= 0 (horizon, lag, next input).")
+        _check(bool(taps) and all(o >= 0 for o in m.preprocess_diff_orders)
+               and all(w >= 1 for w in m.preprocess_ma_windows) and max(taps) <= m.ssm_state_dim,
+               "model.preprocess_diff_orders (>= 0) and model.preprocess_ma_windows (>= 1) must name at least one "
+               f"kernel, each no longer than model.ssm_state_dim={m.ssm_state_dim} taps.")
     _check(d.stride >= 0, "data.stride must be >= 0 (0 = data.seq_len).")
     _check(not d.source_weights or len(d.source_weights) == len(d.sources),
            f"data.source_weights has {len(d.source_weights)} entries but data.sources has {len(d.sources)}; "

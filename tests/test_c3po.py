@@ -111,7 +111,8 @@ def test_only_critical_layers_and_core_experts_change(task):
     core = c3po._core_mask(res.original, 2)
     assert changed.any() and not (changed & ~core).any()  # only core experts move
     toks = jnp.asarray([prompt])
-    ov, mask = c3po._override(cfg, CRIT, jnp.asarray(res.weights[None]), jnp.asarray([len(prompt) - 1]), len(prompt))
+    ov, mask = jax.jit(c3po._override, static_argnums=(0, 1, 4))(cfg, CRIT, jnp.asarray(res.weights[None]),
+                                                                  jnp.asarray([len(prompt) - 1]), len(prompt))
     _, base = apply(params, toks, cfg, weight_override=ov, override_mask=mask & False)  # nothing overridden
     _, new = apply(params, toks, cfg, weight_override=ov, override_mask=mask)
     # layer 0 (not critical): identical routing everywhere
@@ -149,20 +150,20 @@ def test_remix_cli(task, tmp_path, capsys):
     cfg, params, ref, test_ex, rcfg = task
     run = tmp_path / "run"
     make_run(run, Config(model=cfg, data=DataConfig(seq_len=16)), params=params)
-    text = lambda ids: bytes(ids).decode()
+    text = lambda ids: bytes(int(i) for i in ids).decode()
     (tmp_path / "ref.jsonl").write_text("".join(
         json.dumps({"prompt": text(t[:p + 1]), "answer": text(t[p + 1:p + 2])}) + "\n" for t, p in zip(ref.tokens, ref.pos)))
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": text(p), "answer": text(a)}) + "\n"
                                                for p, a in test_ex))
     rc = main(["remix", "--checkpoint", str(run), "--reference", str(tmp_path / "ref.jsonl"), "--inputs",
-               str(tmp_path / "in.jsonl"), "--method", "kernel", "--critical-layers", "1", "--core-experts", "4",
-               "--embedding", "tokens", "--max-new-tokens", "0", "--optimize-reference", "20", "--lr", "0.1",
-               "--only-solved", "--out", str(tmp_path / "out.jsonl")])
+               str(tmp_path / "in.jsonl"), "--method", "ngd", "--critical-layers", "1", "--core-experts", "4",
+               "--embedding", "tokens", "--max-new-tokens", "0", "--out", str(tmp_path / "out.jsonl")])
     out = capsys.readouterr().out
     assert rc == 0 and "mean answer loss over 24 inputs" in out
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert len(rows) == 24 and all("alpha" in r for r in rows)
-    assert np.mean([r["loss_after"] for r in rows]) < 0.2 * np.mean([r["loss_before"] for r in rows])
+    assert len(rows) == 24 and all(r["neighbour_loss_after"] <= r["neighbour_loss_before"] for r in rows)
+    # the reference holds the model's own (wrong) pathways; neighbourhood descent still fixes them
+    assert np.mean([r["loss_after"] for r in rows]) < 0.5 * np.mean([r["loss_before"] for r in rows])
     rc = main(["remix", "--checkpoint", str(run), "--reference", str(tmp_path / "in.jsonl"), "--inputs",
                str(tmp_path / "in.jsonl"), "--critical-layers", "0,7"])
     err = capsys.readouterr().err.strip()

@@ -18,7 +18,7 @@ from jaxmoe.moe import expert_parallel as ep_lib
 from jaxmoe.moe import losses
 from jaxmoe.moe.dispatch import dense
 from jaxmoe.moe.layer import init_moe, moe
-from jaxmoe.moe.router import Routing, topk_route
+from jaxmoe.moe.router import topk_route
 from jaxmoe.nn.init import unbox
 from jaxmoe.parallel.mesh import build_mesh
 from jaxmoe.parallel.sharding import use_mesh
@@ -73,35 +73,23 @@ def test_layer_output_equals_unsharded(setup, reference, name):
     assert float(d2) == pytest.approx(float(rd2), abs=1e-7)  # same assignments dropped
 
 
-@pytest.mark.parametrize("name", ["data2_expert4", "fsdp2_expert2_tensor2"])
-def test_layer_gradients_equal_unsharded(setup, name):
-    params, x = setup
-
-    def loss(p, x):
-        y1, _, y2, _ = _both(p, x)
-        return jnp.sum(y1 * jnp.cos(y1)) + jnp.sum(y2 ** 2)
-
-    ref = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
-    mesh = build_mesh(MeshConfig(**MESHES[name]))
-    with use_mesh(mesh, all_to_all="padded"):
-        got = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
-    chex.assert_trees_all_close(got, ref, atol=1e-5, rtol=1e-5)
-
-
-def test_ragged_exchange_equals_padded_forward_and_grad(setup):
-    """``ragged`` (an all_gather emulation of ragged_all_to_all on CPU) == ``padded``."""
+def test_exchanges_forward_and_grad_equal_unsharded(setup):
+    """Layer gradients (params and inputs, tokens dropped) under expert parallelism equal the
+    single-device ones, for the ``padded`` all_to_all and the ``ragged`` exchange (on CPU an
+    all_gather emulation of ragged_all_to_all with the same offsets and custom VJP)."""
     params, x = setup
     mesh = build_mesh(MeshConfig(data=2, expert=4))
 
     def f(p, x):
         y, aux = moe(p, x, CAPACITY)
-        return jnp.sum(y ** 2), (y, aux["dropped_frac"])
+        return jnp.sum(y * jnp.cos(y)), (y, aux["dropped_frac"])
 
-    outs = {}
+    ref = jax.jit(jax.value_and_grad(f, has_aux=True, argnums=(0, 1)))(params, x)
+    assert float(ref[0][1][1]) > 0.2
     for kind in ("padded", "ragged"):
         with use_mesh(mesh, all_to_all=kind):
-            outs[kind] = jax.jit(jax.value_and_grad(f, has_aux=True))(params, x)
-    chex.assert_trees_all_close(outs["ragged"], outs["padded"], atol=1e-6, rtol=1e-6)
+            got = jax.jit(jax.value_and_grad(f, has_aux=True, argnums=(0, 1)))(params, x)
+        chex.assert_trees_all_close(got, ref, atol=1e-5, rtol=1e-5)
     assert ep_lib.resolve_exchange("auto", mesh) == "padded"  # CPU has no ragged_all_to_all
 
 

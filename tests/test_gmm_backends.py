@@ -114,11 +114,12 @@ def test_pallas_mgpu_path_with_injected_kernels(monkeypatch, sizes):
     calls = []
     monkeypatch.setattr(G, "_mgpu_modules", lambda: _fake_mgpu(calls))
     cfg = dict(block_m=8, block_n=4, block_k=2, max_concurrent_steps=2, grid_block_n=1)
-    fn = lambda a, b, g: G.pallas_mgpu_gmm(a, b, g, fwd_cfg=cfg, dx_cfg=cfg, dw_cfg=cfg)
+    dw = dict(cfg, block_k=8)
+    fn = lambda a, b, g: G.pallas_mgpu_gmm(a, b, g, fwd_cfg=cfg, dx_cfg=cfg, dw_cfg=dw)
     _check(fn, sizes)
     _check(jax.jit(fn), sizes, seed=1)
     assert {c[0] for c in calls} == {"fwd", "dx", "dw"}
-    assert ("fwd", (16, 8), (E + 1, 8, 8)) in calls  # rows to block_m, K/N to lcm(4, 2)
+    assert ("fwd", (16, 8), (E + 1, 8, 8)) in calls  # rows to dw's block_k (>= block_m), K/N to lcm(8, 4, 2)
 
 
 def test_pallas_mgpu_default_blocks_with_injected_kernels(monkeypatch):

@@ -11,6 +11,7 @@ import dataclasses
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
 
 from jaxmoe.config import Config, DataConfig, MeshConfig, ModelConfig, MoEConfig, TrainConfig
@@ -57,8 +58,9 @@ def setup():
 
 
 # every mesh shape with dropless dispatch; the capacity engine (dropped tokens) on the
-# expert-parallel shapes (the MoE-layer test covers drops on every shape)
-CASES = [(m, "dropless") for m in MESHES] + [("data2_expert4", "capacity"), ("fsdp2_expert2_tensor2", "capacity")]
+# shape that combines fsdp, expert and tensor (tests/test_expert_parallel.py checks the
+# MoE layer with dropped tokens on every shape)
+CASES = [(m, "dropless") for m in MESHES] + [("fsdp2_expert2_tensor2", "capacity")]
 
 
 @pytest.mark.parametrize("name,case", CASES)
@@ -78,23 +80,22 @@ def test_loss_and_grads_equal_single_device(setup, name, case):
 
 
 def test_trainer_step_on_mesh_equals_single_device_and_keeps_shardings(setup):
-    """The trainer's own jitted step (state created directly sharded, batch sharded)."""
-    params, batch, _ = setup
+    """The trainer's own jitted step (state sharded by the rules, batch sharded) vs the
+    single-device gradients of the fixture pushed through the same optimizer."""
+    params, batch, ref = setup
     tcfg = TrainConfig(steps=10, warmup_steps=0, learning_rate=1e-2)
-    results = {}
-    for name, mcfg in (("single", MeshConfig(num_devices=1)), ("mesh", MeshConfig(data=1, fsdp=2, expert=2,
-                                                                                    tensor=2))):
-        cfg = Config(model=DROPLESS, data=DataConfig(seq_len=SEQ), train=tcfg, mesh=mcfg)
-        mesh = build_mesh(config=cfg)
-        step, _, state_sh = loop._compiled_steps(DROPLESS, tcfg, mcfg, mesh)
-        state = TrainState.create(jax.tree.map(np.array, params), make_optimizer(tcfg), 0)
-        state = jax.device_put(jax.tree.map(np.array, state), state_sh)  # fresh buffers: the step donates them
-        state, metrics = step(state, sh.shard_batch(batch, mesh, sh.rules_from_config(mcfg)))
-        results[name] = (state, metrics)
-        leaves, want = jax.tree.leaves(state), jax.tree.leaves(state_sh)
-        assert all(a.sharding.is_equivalent_to(s, a.ndim) for a, s in zip(leaves, want))
-    (s1, m1), (s2, m2) = results["single"], results["mesh"]
-    np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
-    np.testing.assert_allclose(m2["grad_norm"], m1["grad_norm"], rtol=1e-4)
-    chex.assert_trees_all_close(s2.params, s1.params, atol=1e-5, rtol=1e-5)
-    chex.assert_trees_all_close(s2.opt_state, s1.opt_state, atol=1e-6, rtol=1e-4)
+    mcfg = MeshConfig(data=1, fsdp=2, expert=2, tensor=2)
+    cfg = Config(model=DROPLESS, data=DataConfig(seq_len=SEQ), train=tcfg, mesh=mcfg)
+    mesh = build_mesh(config=cfg)
+    step, _, state_sh = loop._compiled_steps(DROPLESS, tcfg, mcfg, mesh)
+    tx = make_optimizer(tcfg)
+    state = TrainState.create(jax.tree.map(np.array, params), tx, 0)
+    sharded = jax.device_put(jax.tree.map(np.array, state), state_sh)  # fresh buffers: the step donates them
+    new, metrics = step(sharded, sh.shard_batch(batch, mesh, sh.rules_from_config(mcfg)))
+    assert all(a.sharding.is_equivalent_to(s, a.ndim) for a, s in zip(jax.tree.leaves(new), jax.tree.leaves(state_sh)))
+    grads = ref["dropless"]["grads"]
+    np.testing.assert_allclose(metrics["loss"], ref["dropless"]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-4)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    chex.assert_trees_all_close(new.params, optax.apply_updates(state.params, updates), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(new.opt_state, opt_state, atol=1e-6, rtol=1e-4)

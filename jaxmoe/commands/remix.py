@@ -30,10 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=0.05, help="step length (ngd)")
     p.add_argument("--embedding", choices=["hidden", "tokens"], default="hidden",
                    help="neighbour search on the prompt's mean final hidden state or mean token embedding")
-    p.add_argument("--optimize-reference", type=int, default=0, metavar="STEPS",
-                   help="first improve each reference example's weights on its own answer (gradient steps)")
     p.add_argument("--only-solved", action="store_true",
-                   help="keep only reference examples that their weights answer (teacher-forced greedy)")
+                   help="keep only reference examples the model answers (teacher-forced greedy)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="continuation length (0 = none)")
     p.add_argument("--out", default=None, help="write one JSON object per input")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -87,7 +85,7 @@ def run(args) -> int:
     enc = lambda text: tok.encode(text) or [tok.bos_id]
     try:
         ref = c3po.build_reference(params, cfg.model, [(enc(r["prompt"]), tok.encode(r["answer"])) for r in ref_rows],
-                                   rcfg=rcfg, optimize_steps=args.optimize_reference)
+                                   rcfg=rcfg)
         if args.only_solved:
             if not ref.solved.any():
                 raise UserError("the model solves none of the reference examples; drop --only-solved.")

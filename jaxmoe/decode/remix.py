@@ -195,42 +195,11 @@ class ReferenceSet:
                                             if f.name != "critical_layers"})
 
 
-def _own_losses_sum(w, params, cfg: ModelConfig, tokens, target, pos, crit):
-    return example_losses(params, cfg, tokens, target, pos, w, crit).sum()
-
-
-_own_grad = jax.jit(jax.value_and_grad(_own_losses_sum), static_argnames=("cfg", "crit"))
-
-
-def optimize_weights(params, cfg: ModelConfig, tokens, target, pos, weights, crit: tuple[int, ...], steps: int,
-                     lr: float) -> np.ndarray:
-    """Per-example normalised gradient descent of each example's critical-layer weights
-    ``[n, Lc, N]`` on its *own* answer loss (the best iterate per example is kept): turns
-    the model's pathways into ones that solve the reference examples."""
-    tokens, target, pos = jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos)
-    w = jnp.asarray(weights, jnp.float32)
-    best_w = np.asarray(w)
-    best = np.asarray(example_losses(params, cfg, tokens, target, pos, w, crit))
-    for step in range(steps + 1):
-        _, g = _own_grad(w, params, cfg, tokens, target, pos, crit)
-        if step:
-            cur = np.asarray(example_losses(params, cfg, tokens, target, pos, w, crit))
-            better = cur < best
-            best = np.where(better, cur, best)
-            best_w = np.where(better[:, None, None], np.asarray(w), best_w)
-        if step == steps:
-            break
-        norm = jnp.sqrt((g * g).sum((1, 2), keepdims=True)) + 1e-12
-        w = jnp.maximum(w - lr * g / norm, 0.0)
-    return best_w
-
-
 def build_reference(params, cfg: ModelConfig, examples: Sequence[Example], *, rcfg: RemixConfig = RemixConfig(),
-                    weights: np.ndarray | None = None, optimize_steps: int = 0, width: int | None = None) -> ReferenceSet:
+                    weights: np.ndarray | None = None, width: int | None = None) -> ReferenceSet:
     """Reference set from ``examples``. ``weights [n, Lc, N]`` gives known-good routing
-    weights of the critical layers (the model's own when None); ``optimize_steps > 0``
-    first improves them on each example's own answer (:func:`optimize_weights`, step
-    length ``rcfg.lr``). Losses and ``solved`` are computed with the final weights."""
+    weights of the critical layers (the model's own when None); losses and ``solved`` are
+    computed with those weights. Keep only solved examples with ``ref.subset(ref.solved)``."""
     crit, _ = _check(cfg, rcfg)
     tokens, target, pos = pack(examples, width)
     w, emb = routing_and_embedding(params, cfg, jnp.asarray(tokens), jnp.asarray(pos), crit, rcfg.embedding)
@@ -240,8 +209,6 @@ def build_reference(params, cfg: ModelConfig, examples: Sequence[Example], *, rc
             raise ValueError(f"weights must have shape {tuple(w.shape)} (examples, critical layers, experts), got "
                              f"{weights.shape}.")
         w = jnp.asarray(weights)
-    if optimize_steps > 0:
-        w = jnp.asarray(optimize_weights(params, cfg, tokens, target, pos, w, crit, optimize_steps, rcfg.lr))
     losses, solved = example_stats(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos), w, crit)
     return ReferenceSet(tokens, target, pos, np.asarray(w), np.asarray(losses), np.asarray(emb), np.asarray(solved),
                         crit)
@@ -277,8 +244,7 @@ def _objective(w, params, cfg: ModelConfig, tokens, target, pos, kernel, crit):
     return (kernel * losses).sum() / kernel.sum()
 
 
-_neighbour_objective = jax.jit(_objective, static_argnames=("cfg", "crit"))
-_neighbour_grad = jax.jit(jax.value_and_grad(_objective), static_argnames=("cfg", "crit"))
+_neighbour_grad = jax.jit(jax.value_and_grad(_objective), static_argnames=("cfg", "crit"))  # one program for both methods
 
 
 def remix(params, cfg: ModelConfig, reference: ReferenceSet, prompt: Sequence[int], *,
@@ -302,7 +268,7 @@ def remix(params, cfg: ModelConfig, reference: ReferenceSet, prompt: Sequence[in
         kernel = np.ones_like(kernel)
     args = (params, cfg, jnp.asarray(reference.tokens[nb]), jnp.asarray(reference.target_mask[nb]),
             jnp.asarray(reference.pos[nb]), jnp.asarray(kernel), crit)
-    objective = lambda w: float(_neighbour_objective(jnp.asarray(w, jnp.float32), *args))
+    objective = lambda w: float(_neighbour_grad(jnp.asarray(w, jnp.float32), *args)[0])
     core_mask = _core_mask(w0, core)
     before = objective(w0)
     alpha = None

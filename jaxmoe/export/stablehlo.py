@@ -101,17 +101,21 @@ class DecodeArtifact:
             raise FileNotFoundError(f"{p} holds no {ARTIFACT} (write one with `jaxmoe export --stablehlo`).")
         self.manifest = json.loads((p / "manifest.json").read_text())
         self.exported = jax.export.deserialize(bytearray((p / ARTIFACT).read_bytes()))
+        self.device = jax.devices()[0]  # every input committed to it: one compilation for all steps
         with SafetensorsReader(p / "params") as reader:
-            self.params = [jnp.asarray(reader.get(n)) for n in self.manifest["param_names"]]
+            self.params = [jax.device_put(reader.get(n), self.device) for n in self.manifest["param_names"]]
+        self._call = jax.jit(self.exported.call)  # compiled once, reused by every step
         self.batch = self.manifest["batch"]
         self.max_len = self.manifest["max_len"]
 
     def init_cache(self) -> list[jax.Array]:
-        return [jnp.zeros(c["shape"], jnp.dtype(c["dtype"])) for c in self.manifest["cache"]]
+        return [jax.device_put(jnp.zeros(c["shape"], jnp.dtype(c["dtype"])), self.device)
+                for c in self.manifest["cache"]]
 
     def step(self, token, cache: list[jax.Array]) -> tuple[jax.Array, list[jax.Array]]:
         """``token int32[batch]`` -> ``(logits [batch, vocab], new cache)``."""
-        logits, cache = self.exported.call(self.params, jnp.asarray(token, jnp.int32), cache)
+        token = jax.device_put(jnp.asarray(token, jnp.int32), self.device)
+        logits, cache = self._call(self.params, token, cache)
         return logits, list(cache)
 
     def generate(self, prompt: np.ndarray, max_new_tokens: int) -> np.ndarray:

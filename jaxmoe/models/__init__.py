@@ -12,6 +12,9 @@ FAMILIES = {
     "lm": "jaxmoe.models.lm",
     "time_moe": "jaxmoe.models.time_moe",
     "moirai_moe": "jaxmoe.models.moirai_moe",
+    "s_mamba": "jaxmoe.models.s_mamba",
+    "spacetime": "jaxmoe.models.spacetime",
+    "lssl_classifier": "jaxmoe.models.lssl_classifier",
 }
 
 

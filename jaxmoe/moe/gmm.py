@@ -178,9 +178,10 @@ def _round_up(x: int, m: int) -> int:
 
 
 class Align(NamedTuple):
-    rows: int = 1
+    rows: int = 1  # pad rows to a multiple of this ...
     k: int = 1
     n: int = 1
+    min_rows: int = 1  # ... and to at least this many
 
 
 def padded_gmm(vjp_fn: Callable, align: Align, lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array) -> jax.Array:
@@ -193,7 +194,7 @@ def padded_gmm(vjp_fn: Callable, align: Align, lhs: jax.Array, rhs: jax.Array, g
     """
     m, k = lhs.shape
     e, _, n = rhs.shape
-    mp, kp, np_ = _round_up(max(m, 1), align.rows), _round_up(k, align.k), _round_up(n, align.n)
+    mp, kp, np_ = _round_up(max(m, align.min_rows, 1), align.rows), _round_up(k, align.k), _round_up(n, align.n)
     lhs_p = jnp.pad(lhs, ((0, mp - m), (0, kp - k))) if (mp, kp) != (m, k) else lhs
     rhs_p = jnp.pad(rhs.astype(lhs.dtype), ((0, 1), (0, kp - k), (0, np_ - n)))
     gs = group_sizes.astype(jnp.int32)
@@ -305,10 +306,12 @@ def pallas_mgpu_gmm(lhs, rhs, group_sizes, fwd_cfg: dict | None = None, dx_cfg: 
     dx_cfg = dx_cfg or pallas_blocks("dx", n, k)
     dw_cfg = dw_cfg or pallas_blocks("dw", k, n)
     # fwd contracts K (block_k) and writes N (block_n); dx contracts N and writes K; dw
-    # tiles K with block_m and N with block_n.
-    align = Align(rows=fwd_cfg["block_m"],
+    # tiles K with block_m, N with block_n and the rows with block_k. fwd/dx store partial
+    # row blocks, so rows only need dw's alignment and at least one row block.
+    align = Align(rows=dw_cfg["block_k"],
                   k=math.lcm(fwd_cfg["block_k"], dx_cfg["block_n"], dw_cfg["block_m"]),
-                  n=math.lcm(fwd_cfg["block_n"], dx_cfg["block_k"], dw_cfg["block_n"]))
+                  n=math.lcm(fwd_cfg["block_n"], dx_cfg["block_k"], dw_cfg["block_n"]),
+                  min_rows=max(fwd_cfg["block_m"], dx_cfg["block_m"], dw_cfg["block_k"]))
     fn = _mgpu_vjp(tuple(sorted(fwd_cfg.items())), tuple(sorted(dx_cfg.items())), tuple(sorted(dw_cfg.items())))
     return padded_gmm(fn, align, lhs, rhs.astype(lhs.dtype), group_sizes)
 

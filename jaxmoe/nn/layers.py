@@ -1,4 +1,4 @@
-"""Basic pure layers: linear, RMSNorm, embedding, SwiGLU.
+"""Basic pure layers: linear, RMSNorm, LayerNorm, embedding, SwiGLU.
 
 Each layer is a pair ``init_x(key, ...) -> boxed params`` and ``x(params, inputs, ...)``.
 Weights are stored ``[in, out]``; computation happens in the dtype of the input
@@ -42,6 +42,21 @@ def rmsnorm(params, x: jax.Array, eps: float = 1e-6) -> jax.Array:
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return (y * params["scale"].astype(jnp.float32)).astype(x.dtype)
+
+
+def init_layernorm(dim: int, axis: str | None = "embed") -> dict[str, Boxed]:
+    """LayerNorm params: ``scale [dim]`` (ones), ``bias [dim]`` (zeros)."""
+    key = jax.random.PRNGKey(0)
+    return {"scale": param(key, (dim,), (axis,), ones), "bias": param(key, (dim,), (axis,), zeros)}
+
+
+def layernorm(params, x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """LayerNorm over the last axis, computed in fp32, returned in x's dtype."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + eps)
+    return (y * params["scale"].astype(jnp.float32) + params["bias"].astype(jnp.float32)).astype(x.dtype)
 
 
 def init_embedding(key, vocab_size: int, dim: int, std: float = 0.02) -> dict[str, Boxed]:

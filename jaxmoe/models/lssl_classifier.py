@@ -1,0 +1,138 @@
+"""LSSL sequence classifier: discrete inputs -> LSSL layers -> pooled linear classifier.
+
+::
+
+    h = embed(tokens)                          tokens [batch, seq] ids < model.vocab_size -> [batch, seq, H]
+    each layer:  h = h + lssl(LN(h))           jaxmoe.ssm.lssl: HiPPO SSM per channel, GELU, dropout, mix
+    h = LN(h); pooled = mean over seq (model.pooling="mean") or h[:, -1] ("last")
+    logits = pooled @ W + b                    [batch, model.num_classes]
+
+Loss: softmax cross-entropy (fp32); metrics ``accuracy``. The sklearn digits read pixel by
+pixel (64 steps, 17 pixel values) are the demo task (``configs/lssl_digits.yaml``).
+
+Model config: ``embed_dim`` (H), ``num_layers``, ``ssm_state_dim`` (N; LSSL paper 256,
+64 in small configs), ``vocab_size``, ``num_classes``, ``pooling``, ``dropout_rate``, and
+extra options ``lssl_mode`` (``convolution`` | ``recurrent`` | ``parallel``, default
+convolution), ``a_mode`` (``fixed`` | ``shared`` | ``per_feature``), ``measure``
+(``legs`` | ``legt``) and ``discretization`` (bilinear alpha or ``zoh``, default 0.5).
+
+Params::
+
+    embed:      {embedding [vocab, H]}
+    layers:     stacked ("layers" axis): {norm {scale, bias}, lssl (jaxmoe.ssm.lssl params)}
+    final_norm: {scale, bias}
+    head:       {kernel [H, classes], bias [classes]}
+
+Batches: ``{"tokens": int32 [batch, seq], "labels": int32 [batch]}``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jaxmoe.config import Config, ConfigError, ModelConfig
+from jaxmoe.nn.init import logical_axes, split, stack_boxed, unbox
+from jaxmoe.nn.layers import embed, init_embedding, init_layernorm, init_linear, layernorm, linear
+from jaxmoe.ssm.lssl import init_lssl, lssl
+
+
+def _opts(cfg: ModelConfig) -> dict:
+    disc = cfg.option("discretization", 0.5)
+    if isinstance(disc, str) and disc != "zoh":
+        disc = float(disc)
+    return {"mode": cfg.option("lssl_mode", "convolution"), "measure": cfg.option("measure", "legs"),
+            "discretization": disc}
+
+
+def init_boxed(key: jax.Array, cfg: ModelConfig) -> dict:
+    """Boxed params (logical axes) of an LSSL classifier."""
+    k = split(key, ["embed", "layers", "head"])
+    h = cfg.embed_dim
+    layer = lambda kk: {"norm": init_layernorm(h),  # noqa: E731
+                        "lssl": init_lssl(kk, h, state_size=cfg.ssm_state_dim, a_mode=cfg.option("a_mode", "fixed"),
+                                          measure=cfg.option("measure", "legs"))}
+    return {
+        "embed": init_embedding(k["embed"], cfg.vocab_size, h, std=1.0),
+        "layers": stack_boxed(layer, k["layers"], cfg.num_layers, "layers"),
+        "final_norm": init_layernorm(h),
+        "head": init_linear(k["head"], h, cfg.num_classes, ("embed", None), bias=True, std=1 / math.sqrt(h)),
+    }
+
+
+def init(key: jax.Array, cfg: ModelConfig) -> dict:
+    return unbox(init_boxed(key, cfg))
+
+
+def param_axes(cfg: ModelConfig):
+    return logical_axes(init_boxed, jax.random.PRNGKey(0), cfg)
+
+
+def features(params: dict, tokens: jax.Array, cfg: ModelConfig, rng: jax.Array | None = None) -> jax.Array:
+    """Per-step features after the final norm: ``tokens [batch, seq] -> [batch, seq, H]`` fp32."""
+    params = unbox(params)
+    h = embed(params["embed"], tokens, jnp.float32)
+    opts = _opts(cfg)
+    rngs = jax.random.split(rng, cfg.num_layers) if rng is not None else None
+
+    def body(h, inputs):
+        lp, r = inputs
+        return h + lssl(lp["lssl"], layernorm(lp["norm"], h), dropout_rate=cfg.dropout_rate, rng=r, **opts), None
+
+    if rngs is None:
+        h, _ = lax.scan(lambda h, lp: body(h, (lp, None)), h, params["layers"])
+    else:
+        h, _ = lax.scan(body, h, (params["layers"], rngs))
+    return layernorm(params["final_norm"], h)
+
+
+def apply(params: dict, tokens: jax.Array, cfg: ModelConfig, rng: jax.Array | None = None) -> jax.Array:
+    """Class logits ``[batch, num_classes]`` fp32 for ``tokens [batch, seq]``."""
+    h = features(params, tokens, cfg, rng)
+    pooled = h[:, -1] if cfg.pooling == "last" else jnp.mean(h, axis=1)
+    return linear(unbox(params)["head"], pooled).astype(jnp.float32)
+
+
+def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None):
+    """``batch{"tokens", "labels"}`` -> ``(cross-entropy, {"accuracy"})``; ``rng`` enables dropout."""
+    logits = apply(params, batch["tokens"], cfg, rng)
+    labels = batch["labels"].astype(jnp.int32)
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    return loss, {"accuracy": acc}
+
+
+def classification_data(cfg: Config) -> dict:
+    """The digits split of ``cfg`` (``data.sources`` empty or ``[digits]``; test fraction
+    ``data.eval_fraction``, 0.25 when it is 0)."""
+    from jaxmoe.demos.data import cached_digits
+
+    d, m = cfg.data, cfg.model
+    if tuple(d.sources) not in ((), ("digits",)):
+        raise ConfigError(f"model.family=lssl_classifier reads data.sources=[digits] (sklearn digits), "
+                          f"got {list(d.sources)}.")
+    data = cached_digits(float(d.eval_fraction) or 0.25, 0)
+    if m.vocab_size < data["vocab_size"] or m.num_classes < data["num_classes"]:
+        raise ConfigError(f"the digits need model.vocab_size >= {data['vocab_size']} and model.num_classes >= "
+                          f"{data['num_classes']}, got {m.vocab_size} and {m.num_classes}.")
+    return data
+
+
+def build_pipelines(cfg: Config):
+    """Training pipeline over the training digits (shuffled with ``train.seed``) and an
+    evaluation pipeline over the test digits in a fixed order."""
+    from jaxmoe.demos.data import ArrayPipeline
+
+    data = classification_data(cfg)
+    bs = cfg.train.batch_size
+    train = ArrayPipeline(data["train"], bs, seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+    evalp = ArrayPipeline(data["test"], bs, shuffle=False) if len(data["test"]["labels"]) >= bs else None
+    return train, evalp
+
+
+__all__ = ["init", "init_boxed", "param_axes", "features", "apply", "loss_fn", "build_pipelines",
+           "classification_data"]

@@ -1,0 +1,80 @@
+"""`jaxmoe import / info --hf / export` end to end (no torch needed): an imported checkpoint
+holds the HF weights, generates and resumes training; an unsupported export fails in one line."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmoe.cli import main
+from jaxmoe.config import Config, DataConfig, ModelConfig, MoEConfig
+from jaxmoe.export import load_hf, save_hf
+from jaxmoe.models import lm
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A small Qwen2-MoE directory written by jaxmoe itself (byte-tokenizer sized vocab)."""
+    moe = MoEConfig(num_experts=4, experts_per_token=2, expert_ffn_dim=16, num_shared_experts=1, shared_ffn_dim=24,
+                    shared_expert_gate=True, first_k_dense=1, dense_ffn_dim=32, balance_loss="switch")
+    model = ModelConfig(vocab_size=260, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=64,
+                        qkv_bias=True, moe=moe)
+    shapes = jax.eval_shape(lambda: lm.init(jax.random.PRNGKey(0), model))
+    rng = np.random.RandomState(0)
+    params = jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+    out = tmp_path_factory.mktemp("hf") / "qwen2"
+    save_hf(Config(model=model, data=DataConfig(seq_len=32)), params, "qwen2_moe", out)
+    return out
+
+
+def test_info_import_generate_export_and_resume(hf_dir, tmp_path, capsys):
+    assert main(["info", "--hf", str(hf_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "qwen2_moe" in out and "active_params" in out
+    _, params = load_hf(hf_dir)
+    n = sum(a.size for a in jax.tree.leaves(params))
+    assert f"{n:,}" in out
+
+    run = tmp_path / "run"
+    assert main(["import", "--hf", str(hf_dir), "--out", str(run)]) == 0
+    capsys.readouterr()
+    from jaxmoe.train.checkpoint import load_params
+
+    cfg, restored = load_params(run)
+    assert cfg.model.moe.shared_expert_gate and cfg.train.output_dir == str(run.absolute())
+    jax.tree.map(np.testing.assert_array_equal, restored, params)
+
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "ab", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("ab")
+
+    # unsupported combination: one line on stderr, non-zero exit, nothing written
+    bad = tmp_path / "as_mixtral"
+    assert main(["export", "--checkpoint", str(run), "--family", "mixtral", "--out", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "mixtral" in err and len(err.splitlines()) == 1
+    assert not bad.exists()
+
+    # supported: round trip back to the same tensors, plus the StableHLO decode step
+    back = tmp_path / "back"
+    assert main(["export", "--checkpoint", str(run), "--family", "qwen2_moe", "--out", str(back),
+                 "--shard-size", "50KB", "--stablehlo", "--stablehlo-max-len", "16"]) == 0
+    summary = json.loads(capsys.readouterr().out.split("exported: ", 1)[1])
+    assert len(summary["files"]) > 2 and (back / "stablehlo" / "decode_step.jax_export").exists()
+    jax.tree.map(np.testing.assert_array_equal, load_hf(back)[1], params)
+
+    # the imported checkpoint resumes training (step 0 -> 1) with its fresh optimizer/data state
+    assert main(["train", "--config", str(run / "config.yaml"), "train.steps=1", "train.batch_size=8",
+                 "train.progress=false", "--resume"]) == 0
+    cfg1, trained = load_params(run)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(params))) > 0
+
+
+def test_import_errors_are_one_line(tmp_path, capsys):
+    assert main(["import", "--hf", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert main(["info", "--hf", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "model_type 'llama'" in err and len(err.splitlines()) == 1
