@@ -100,7 +100,7 @@ def main(argv=None):
     tokens_step = args.batch * args.seq
     row = dict(impl=f"transformers ({args.experts})", step_ms=sec * 1e3, tokens_per_s=tokens_step / sec,
                mfu=flops_tok * tokens_step / sec / H200_PEAK, mfu_vs_matmul=flops_tok * tokens_step / sec / H200_MATMUL,
-               peak_gb=torch.cuda.max_memory_allocated() / 2 ** 30, loss=float(loss), experts=experts, attention=attn,
+               peak_gb=torch.cuda.max_memory_allocated() / 2 ** 30, loss=float(loss.detach()), experts=experts, attention=attn,
                active_params=active, torch=torch.__version__)
     import transformers
 

@@ -42,8 +42,6 @@ def test_stablehlo_decode_step_reloads_and_matches_direct_decode(name, tmp_path)
         logits, cache = art.step(toks[:, t], cache)
         ref, direct_cache = step(params, jnp.asarray(toks[:, t]), direct_cache)
         np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), atol=1e-5, rtol=1e-5)
-    full, _ = jax.jit(lambda p, t: lm.apply(p, t, cfg))(params, jnp.asarray(toks))
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(full[:, -1]), atol=1e-4, rtol=1e-4)
     gen = art.generate(toks[:, :3], 4)
     assert gen.shape == (2, 4) and gen.dtype == np.int32
     with pytest.raises(ValueError, match="cache length"):

@@ -31,15 +31,16 @@ from jaxmoe.train.step import make_train_step
 __all__ = ["fit", "evaluate_forecaster", "evaluate_classifier", "run_forecaster", "run_lssl_digits"]
 
 
-def fit(cfg: Config, *, steps: int | None = None, params=None,
+def fit(cfg: Config, *, steps: int | None = None, params=None, pipeline=None,
         callback: Callable[[int, dict], None] | None = None) -> tuple[dict, list[float]]:
-    """Train ``cfg.model`` on its training pipeline for ``steps`` (default ``train.steps``).
+    """Train ``cfg.model`` for ``steps`` (default ``train.steps``) on ``pipeline`` (default: the
+    family's training pipeline for ``cfg``), from ``params`` (default: a fresh init).
 
     Returns ``(params, losses)``; ``callback(step, metrics)`` sees every step's metrics.
     """
     module = get_model(cfg.model.family)
     steps = cfg.train.steps if steps is None else int(steps)
-    train_pipe, _ = module.build_pipelines(cfg)
+    train_pipe = pipeline if pipeline is not None else module.build_pipelines(cfg)[0]
     tx = make_optimizer(cfg.train)
     loss = lambda p, b, r: module.loss_fn(p, b, cfg.model, r)  # noqa: E731
     step_fn = jax.jit(make_train_step(loss, tx, learning_rate_schedule(cfg.train)))

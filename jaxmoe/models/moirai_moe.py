@@ -416,6 +416,7 @@ def build_pipelines(cfg: Config):
 # ------------------------------------------------------------------------ centroids
 
 
+@functools.partial(jax.jit, static_argnames=("k", "iters"))
 def kmeans(x: jax.Array, k: int, key: jax.Array, iters: int = 25) -> jax.Array:
     """Lloyd's k-means on ``x [n, d]`` (fp32) -> centroids ``[k, d]`` (k-means++-free: k
     distinct random points as the start; an empty cluster keeps its centroid)."""
@@ -454,13 +455,19 @@ def set_centroids(params, cfg: ModelConfig, values: jax.Array, mask: jax.Array |
     cfg = _model_cfg(cfg)
     if cfg.moirai_gating == "learned":
         raise ValueError("set_centroids needs model.moirai_gating=centroid or centroid_nearest.")
-    inputs, in_mask, _, _ = prepare_batch(values, mask, cfg.patch_size)
-    feats = ffn_inputs(params, inputs, in_mask, cfg)
-    keys = jax.random.split(key, feats.shape[0])
-    cents = jax.vmap(lambda x, k: kmeans(x, cfg.moe.num_experts, k, iters))(feats, keys)
+    cents = _fit_centroids(params, jnp.asarray(values, jnp.float32), None if mask is None else jnp.asarray(mask),
+                           key, cfg, iters)
     old = params["layers"]["ffn"]["centroids"]
     layers = dict(params["layers"], ffn=dict(params["layers"]["ffn"], centroids=cents.astype(old.dtype)))
     return dict(params, layers=layers)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "iters"))
+def _fit_centroids(params, values, mask, key, cfg: ModelConfig, iters: int):
+    inputs, in_mask, _, _ = prepare_batch(values, mask, cfg.patch_size)
+    feats = ffn_inputs(params, inputs, in_mask, cfg)
+    keys = jax.random.split(key, feats.shape[0])
+    return jax.vmap(lambda x, k: kmeans(x, cfg.moe.num_experts, k, iters))(feats, keys)
 
 
 def _ffn_inputs_scan(params, h, positions, cfg: ModelConfig, mcfg: MoEConfig):

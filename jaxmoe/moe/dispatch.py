@@ -85,7 +85,8 @@ def sort_assignments(routing: Routing, num_experts: int):
         ids = jnp.where(routing.valid.reshape(-1), ids, num_experts)
     order = jnp.argsort(ids, stable=True).astype(jnp.int32)
     inv_order = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=jnp.int32))
-    group_sizes = jnp.bincount(ids, length=num_experts + 1)[:num_experts].astype(jnp.int32)
+    # compare-and-count (one fused reduction) instead of bincount's contended scatter-add
+    group_sizes = jnp.sum(ids[:, None] == jnp.arange(num_experts, dtype=ids.dtype)[None], axis=0, dtype=jnp.int32)
     return order, inv_order, group_sizes
 
 

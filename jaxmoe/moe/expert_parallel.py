@@ -77,7 +77,14 @@ def platform_of(mesh) -> str:
 
 
 def resolve_exchange(requested: str, mesh) -> str:
-    """``auto`` -> ``ragged`` on GPU/TPU, ``padded`` on CPU (no ragged_all_to_all there)."""
+    """``auto`` -> ``ragged`` on GPU/TPU, ``padded`` on CPU (no ragged_all_to_all there).
+
+    ``none`` (benchmarks only, not a config choice) skips the token exchange: every device
+    runs its own send buffer through its local experts. The results are wrong but the
+    compute is the same, so timing it against a real exchange measures the exchange cost.
+    """
+    if requested == "none":
+        return "none"
     if requested not in EXCHANGES:
         raise ValueError(f"mesh.all_to_all={requested!r} is not valid; choose one of {', '.join(EXCHANGES)}.")
     if requested == "auto":
@@ -186,7 +193,7 @@ ragged_exchange.defvjp(_ragged_fwd, _ragged_bwd)
 
 def _exchange(x, send_sizes, recv_sizes, plan: Plan):
     """Blocks of ``plan.buffer_rows`` rows: block ``d`` goes to expert-parallel rank ``d``."""
-    if plan.ep == 1:
+    if plan.ep == 1 or plan.exchange == "none":
         return x
     if plan.exchange == "ragged":
         native = platform_of(plan.mesh) != "cpu"

@@ -228,9 +228,19 @@ def _small(m: int, e: int) -> bool:
 DEFAULT_FWD = dict(block_m=128, block_n=128, block_k=64, max_concurrent_steps=4, grid_block_n=8)
 DEFAULT_DW = dict(block_m=128, block_n=128, block_k=64, max_concurrent_steps=4, grid_block_n=8)
 
-# Block sizes per (kernel, K, N) with K the contracted width of fwd/dx and the lhs width of
-# dw; tuned on one H200 (JAX 0.11.2) with benchmarks/moe_layer.py --tune.
-PALLAS_BLOCKS: dict[tuple[str, int, int], dict] = {}
+# Block sizes per (kernel, K, N): fwd contracts K and writes N, dx contracts K(=the forward's
+# N) and writes N(=the forward's K), dw is keyed by the forward's (K, N). Tuned on one H200
+# (JAX 0.11.2, 131072 rows in 64 balanced groups) with benchmarks/moe_layer.py --tune; the
+# measured TFLOP/s of the winner (and of the default 128/128/64/4/8) in the comment.
+_B = lambda bm, bn, bk, st, gb: dict(block_m=bm, block_n=bn, block_k=bk, max_concurrent_steps=st, grid_block_n=gb)
+PALLAS_BLOCKS: dict[tuple[str, int, int], dict] = {
+    ("fwd", 1024, 1024): _B(192, 128, 64, 4, 8),  # 465 (default 391)
+    ("fwd", 512, 1024): _B(192, 128, 64, 4, 8),  # 336 (321)
+    ("dx", 1024, 1024): _B(128, 128, 64, 4, 8),  # 451
+    ("dx", 1024, 512): _B(128, 128, 64, 6, 16),  # 454 (384)
+    ("dw", 1024, 1024): _B(128, 128, 64, 4, 8),  # 579
+    ("dw", 512, 1024): _B(128, 128, 64, 4, 8),  # 490
+}
 
 
 def pallas_blocks(kind: str, k: int, n: int) -> dict:
