@@ -95,9 +95,14 @@ def test_centroid_gating():
     np.testing.assert_allclose(np.asarray(far.weights), want, rtol=1e-5)
 
     cfg = tiny_cfg("model.moirai_gating=centroid")
-    p = _init(jax.random.PRNGKey(0), cfg)
-    assert "router" not in p["layers"]["ffn"]
-    chex.assert_shape(p["layers"]["ffn"]["centroids"], (2, 4, 16))
+    shapes = jax.eval_shape(lambda: mm.init(jax.random.PRNGKey(0), cfg))
+    assert "router" not in shapes["layers"]["ffn"]
+    assert shapes["layers"]["ffn"]["centroids"].shape == (2, 4, 16)
+    assert mm.param_axes(cfg)["layers"]["ffn"]["centroids"] == ("layers", "expert", "embed")
+    ffn = {k: v for k, v in PARAMS["layers"]["ffn"].items() if k != "router"}
+    ffn["centroids"] = jax.random.normal(jax.random.PRNGKey(4), (2, 4, 16))
+    p = dict(PARAMS, layers=dict(PARAMS["layers"], ffn=ffn))
+    assert jax.tree.structure(p) == jax.tree.structure(shapes)
     layer0 = jax.tree.map(lambda a: a[0], p["layers"])
     h = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 16))
     pos = jnp.broadcast_to(jnp.arange(3), (2, 3))

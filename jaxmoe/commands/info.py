@@ -1,9 +1,6 @@
-"""``jaxmoe info --hf HF_DIR``: family, sizes and parameter counts of a Hugging Face directory.
-
-NOTE: this file currently implements only the ``--hf`` part (issue 8, export/import). The
-device/mesh/parameter/memory report for a config (``jaxmoe info --config FILE``) belongs to
-another work item, which extends ``add_arguments``/``run`` here; keep ``--hf`` handled by
-:func:`run_hf`.
+"""``jaxmoe info --hf HF_DIR``: family, sizes and parameter counts of a Hugging Face directory
+(:func:`run_hf`, reads only safetensors headers); ``jaxmoe info --config FILE``: devices, mesh,
+parameter counts and memory per device for a config (:func:`run_config`).
 """
 
 from __future__ import annotations
