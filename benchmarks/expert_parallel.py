@@ -1,7 +1,8 @@
 """Data parallel vs expert parallel training throughput, and the two all-to-all variants.
 
     PYTHONPATH=. python benchmarks/expert_parallel.py --config configs/bench_moe_1b.yaml --devices 2
-        [--variants single,dp,ep_padded,ep_ragged,fsdp] [--steps 10] [--set k=v ...] [--jsonl out.jsonl]
+        [--variants single,dp,ep_padded,ep_ragged,ep_ragged@1.25,fsdp] [--steps 10] [--set k=v ...]
+        [--jsonl out.jsonl]
 
     # CPU check with fake devices and a tiny config:
     JAX_PLATFORMS=cpu PYTHONPATH=. python benchmarks/expert_parallel.py --config configs/lm_tiny.yaml --steps 3
@@ -15,7 +16,10 @@ layers expert-parallel under ``shard_map``) on a mesh over the first ``--devices
 - ``ep_padded`` / ``ep_ragged``: ``mesh.expert=N`` with ``all_to_all=padded`` (fixed
   worst-case buffers exchanged with ``all_to_all``) or ``ragged`` (``ragged_all_to_all``
   sends only the filled rows; an all_gather emulation on CPU);
-- ``fsdp``: ``mesh.fsdp=N`` (params and optimizer state sharded, tokens split).
+- ``fsdp``: ``mesh.fsdp=N`` (params and optimizer state sharded, tokens split);
+- ``NAME@X`` (e.g. ``ep_padded@1.25``): the variant with ``mesh.exchange_capacity=X``:
+  exchange buffers of X times the mean per-device load instead of the exact worst case
+  (less memory, traffic and padded expert compute; overflow dropped, see ``dropped``).
 
 The global batch is the config's (``train.batch_size x data.seq_len`` tokens per step,
 split over the devices). MFU as in benchmarks/train_step.py.
@@ -120,7 +124,7 @@ def main(argv=None):
     ap.add_argument("--config", default="configs/bench_moe_1b.yaml")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. model.moe.dispatch=capacity")
     ap.add_argument("--devices", type=int, default=2)
-    ap.add_argument("--variants", default="single,dp,ep_padded,ep_ragged")
+    ap.add_argument("--variants", default="single,dp,ep_padded,ep_ragged,ep_ragged@1.25")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--jsonl", default=None)
     args = ap.parse_args(argv)
@@ -133,12 +137,16 @@ def main(argv=None):
           f"{cfg.model.moe.dispatch}; {jax.device_count()} x {device_name()}", flush=True)
     rows = []
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        if name not in VARIANTS:
-            raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-        if name != "single" and n < 2:
+        base_name, _, cap = name.partition("@")
+        if base_name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)} (optionally NAME@X)")
+        if base_name != "single" and n < 2:
             continue
+        mesh_cfg = VARIANTS[base_name](n)
+        if cap:
+            mesh_cfg = dataclasses.replace(mesh_cfg, exchange_capacity=float(cap))
         try:
-            row = time_mesh(cfg, VARIANTS[name](n), args.steps, name)
+            row = time_mesh(cfg, mesh_cfg, args.steps, name)
         except Exception as e:  # keep going: one failing variant must not hide the others
             print(f"{name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
             continue
@@ -148,7 +156,7 @@ def main(argv=None):
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
     cols = ["variant", "mesh", "all_to_all", "buffer", "step_ms", "tokens_per_s", "tokens_per_s_per_device",
-            "speedup", "mfu", "peak_gb", "loss", "compile_s"]
+            "speedup", "mfu", "peak_gb", "loss", "dropped", "compile_s"]
     print(f"\ntraining step, {args.config}, global batch {cfg.train.batch_size} x {cfg.data.seq_len}:")
     print(table(rows, cols))
     write_jsonl(args.jsonl, rows)

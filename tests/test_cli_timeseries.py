@@ -88,11 +88,10 @@ def test_evaluate_prints_model_and_baselines(run_dir, capsys):
 
 
 def test_export_import_then_forecast_identically(run_dir, csv_file, tmp_path):
-    from jaxmoe.export.time_moe import export_time_moe, import_time_moe
-
-    export_time_moe(run_dir, tmp_path / "hf")
-    assert (tmp_path / "hf" / "model.safetensors").exists()
-    import_time_moe(tmp_path / "hf", tmp_path / "imported")
+    assert main(["export", "--checkpoint", str(run_dir), "--family", "time_moe", "--out", str(tmp_path / "hf")]) == 0
+    hf = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf["model_type"] == "time_moe" and (tmp_path / "hf" / "model.safetensors").exists()
+    assert main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")]) == 0  # family from model_type
     path, _ = csv_file
     outs = []
     for i, ckpt in enumerate((run_dir, tmp_path / "imported")):

@@ -13,14 +13,14 @@ With ``z_s = strong_logits / T_s`` and ``z_w = weak_logits / T_w``::
 
 and the next token is ``argmax(score)`` (or a sample from ``softmax(score / temperature)``).
 With ``beta = 0`` this is plain greedy decoding. Prefill and the ``lax.scan`` decode loop
-run inside one jitted function.
+run inside one jitted function; beta, alpha and the temperatures are traced (changing them
+does not recompile), ``weak_rank`` and greedy-vs-sampling are static.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -58,39 +58,49 @@ def check(cfg: ModelConfig, sc: SCMoEConfig) -> None:
 
 def scmoe_scores(strong_logits: jax.Array, weak_logits: jax.Array, sc: SCMoEConfig) -> jax.Array:
     """``[batch, vocab]`` logits of the two routings -> contrastive scores (``-inf`` below
-    the plausibility cutoff ``log(alpha) + max(z_s)``)."""
+    the plausibility cutoff ``log(alpha) + max(z_s)``). ``sc``'s numbers may be traced."""
     z_s = strong_logits.astype(jnp.float32) / sc.strong_temperature
     z_w = weak_logits.astype(jnp.float32) / sc.weak_temperature
-    cutoff = math.log(sc.alpha) + z_s.max(-1, keepdims=True)
+    cutoff = jnp.log(jnp.float32(sc.alpha)) + z_s.max(-1, keepdims=True)
     score = (1.0 + sc.beta) * z_s - sc.beta * z_w
     return jnp.where(z_s < cutoff, -jnp.inf, score)
 
 
-def _pick(score: jax.Array, rng: jax.Array, sc: SCMoEConfig) -> jax.Array:
-    if sc.temperature <= 0.0:
+def _pick(score: jax.Array, rng: jax.Array, sc: SCMoEConfig, sample: bool) -> jax.Array:
+    if not sample:
         return jnp.argmax(score, axis=-1).astype(jnp.int32)
     return jax.random.categorical(rng, score / sc.temperature, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sc", "eos_id"))
 def contrastive_generate(params, prompt: jax.Array, cfg: ModelConfig, max_new_tokens: int, rng: jax.Array,
                          sc: SCMoEConfig = SCMoEConfig(), eos_id: int = -1, expert_mask: jax.Array | None = None,
                          force_mask: jax.Array | None = None) -> jax.Array:
     """``prompt [batch, prompt_len]`` -> new tokens ``[batch, max_new_tokens]`` (SCMoE)."""
     check(cfg, sc)
+    numbers = tuple(jnp.float32(v) for v in (sc.beta, sc.alpha, sc.strong_temperature, sc.weak_temperature,
+                                              max(sc.temperature, 1e-6)))
+    return _generate(params, prompt, cfg, max_new_tokens, rng, numbers, sc.weak_rank, sc.temperature > 0.0, eos_id,
+                     expert_mask, force_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "weak_rank", "sample", "eos_id"))
+def _generate(params, prompt, cfg: ModelConfig, max_new_tokens: int, rng, numbers, weak_rank: int, sample: bool,
+              eos_id: int, expert_mask, force_mask):
+    sc = SCMoEConfig(beta=numbers[0], alpha=numbers[1], weak_rank=weak_rank, strong_temperature=numbers[2],
+                     weak_temperature=numbers[3], temperature=numbers[4])  # traced numbers
     b, plen = prompt.shape
     masks = dict(expert_mask=expert_mask, force_mask=force_mask)
     strong = lm.init_cache(cfg, b, plen + max_new_tokens)
     weak = lm.init_cache(cfg, b, plen + max_new_tokens)
     ls, strong = lm.prefill(params, prompt, cfg, strong, **masks)
     lw, weak = lm.prefill(params, prompt, cfg, weak, rank_select=sc.weak_rank, **masks)
-    first = _pick(scmoe_scores(ls[:, -1], lw[:, -1], sc), jax.random.fold_in(rng, 0), sc)
+    first = _pick(scmoe_scores(ls[:, -1], lw[:, -1], sc), jax.random.fold_in(rng, 0), sc, sample)
 
     def step(carry, i):
         tok, strong, weak, done = carry
         ls, strong = lm.decode_step(params, tok, cfg, strong, **masks)
         lw, weak = lm.decode_step(params, tok, cfg, weak, rank_select=sc.weak_rank, **masks)
-        nxt = _pick(scmoe_scores(ls, lw, sc), jax.random.fold_in(rng, i), sc)
+        nxt = _pick(scmoe_scores(ls, lw, sc), jax.random.fold_in(rng, i), sc, sample)
         done = done | (tok == eos_id)
         nxt = jnp.where(done, eos_id if eos_id >= 0 else nxt, nxt)
         return (nxt, strong, weak, done), tok

@@ -51,9 +51,10 @@ def parse_pairs(spec: str | None) -> list[tuple[int, int]]:
 
 
 def router_masks(cfg: ModelConfig, disable: str | Sequence[tuple[int, int]] | None = None,
-                 force: str | Sequence[tuple[int, int]] | None = None):
+                 force: str | Sequence[tuple[int, int]] | None = None, *, fill: bool = False):
     """``(expert_mask, force_mask)``: ``[num_layers, num_experts]`` bool numpy arrays (or
-    None when nothing is disabled/forced). Raises ValueError for a layer that has no MoE,
+    None when nothing is disabled/forced, unless ``fill``: then neutral masks, so that
+    calls with and without interventions share one compiled program). Raises ValueError for a layer that has no MoE,
     an expert out of range, an expert both disabled and forced, more forced experts in a
     layer than a token uses, or too few experts left enabled."""
     disable = parse_pairs(disable) if isinstance(disable, str) or disable is None else list(disable)
@@ -88,6 +89,9 @@ def router_masks(cfg: ModelConfig, disable: str | Sequence[tuple[int, int]] | No
         if len(high):
             raise ValueError(f"layer {int(high[0])} forces {int(force_mask[high[0]].sum())} experts but each token "
                              f"uses only {k}.")
+    if fill:
+        expert_mask = np.ones((num_layers, n), bool) if expert_mask is None else expert_mask
+        force_mask = np.zeros((num_layers, n), bool) if force_mask is None else force_mask
     return expert_mask, force_mask
 
 

@@ -63,7 +63,7 @@ def save_hf(cfg: Config, params, family: str, out_dir: str | Path, shard_size: i
         raise ExportError(f"export dtype {dtype!r} is not valid; choose one of {', '.join(EXPORT_DTYPES)}.")
     parse_size(shard_size)
     hf = fam.config_to_hf(cfg)  # refuses unsupported configs before anything is written
-    hf["torch_dtype"] = dtype
+    hf["dtype"] = dtype
     np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
     if np_dtype is None:
         import ml_dtypes

@@ -51,8 +51,14 @@ def export_decode_step(cfg: ModelConfig, params, out_dir: str | Path, *, batch: 
     lowering is unavailable); the manifest records which were lowered."""
     from jaxmoe.models import lm
 
+    from jaxmoe.export.families.common import ExportError
+
     if cfg.family != "lm":
-        raise ValueError(f"StableHLO export covers the language model decode step; got model.family={cfg.family!r}.")
+        raise ExportError(f"StableHLO export covers the language model decode step; got model.family={cfg.family!r}.")
+    try:
+        import flatbuffers  # noqa: F401  (jax.export serialization needs it)
+    except ImportError:
+        raise ExportError("StableHLO serialization needs the 'flatbuffers' package (pip install flatbuffers).") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     max_len = int(max_len or cfg.max_seq_len)

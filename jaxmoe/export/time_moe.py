@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -44,66 +43,19 @@ from jaxmoe.config import Config, ConfigError, ModelConfig, validate
 
 # ----------------------------------------------------------------------- safetensors
 
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
-def _bf16():
-    import ml_dtypes
-
-    return np.dtype(ml_dtypes.bfloat16)
-
-
-def _dtype_name(dtype: np.dtype) -> str:
-    if dtype == _bf16():
-        return "BF16"
-    for name, dt in _DTYPES.items():
-        if np.dtype(dt) == dtype:
-            return name
-    raise ValueError(f"cannot store dtype {dtype} in safetensors.")
-
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write ``name -> array`` as a safetensors file (tensors in sorted name order)."""
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset, blobs = 0, []
-    for name in sorted(tensors):
-        arr = np.ascontiguousarray(np.asarray(tensors[name]))
-        data = arr.tobytes()
-        header[name] = {"dtype": _dtype_name(arr.dtype), "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for blob in blobs:
-            f.write(blob)
+    """Write ``name -> array`` as one safetensors file."""
+    from jaxmoe.export.safetensors_io import write_file
+
+    write_file(path, tensors, metadata)
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Read every tensor of a safetensors file into numpy (bf16 via ml_dtypes)."""
-    data = Path(path).read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path} is not a safetensors file (too short).")
-    (n,) = struct.unpack("<Q", data[:8])
-    try:
-        header = json.loads(data[8:8 + n])
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"{path} is not a safetensors file (bad header).") from None
-    base = 8 + n
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dt = _bf16() if info["dtype"] == "BF16" else np.dtype(_DTYPES[info["dtype"]])
-        start, end = info["data_offsets"]
-        out[name] = np.frombuffer(data[base + start:base + end], dtype=dt).reshape(info["shape"]).copy()
-    return out
+    """Every tensor of a safetensors file or HF directory (single or sharded) as numpy."""
+    from jaxmoe.export.safetensors_io import SafetensorsReader
+
+    return dict(SafetensorsReader(path).items())
 
 
 # ------------------------------------------------------------------------- layout
@@ -330,30 +282,38 @@ def config_from_hf(hf: dict[str, Any], base: Config | None = None, output_dir: s
 # ---------------------------------------------------------------------------- I/O
 
 
-def save_hf(params, cfg, out_dir: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (HF layout) to ``out_dir``."""
+def save_hf(params, cfg, out_dir: str | Path, shard_size: int | str = "2GB", dtype: str = "float32") -> dict:
+    """Write ``config.json`` + ``model.safetensors`` (sharded with an index above
+    ``shard_size``) in the HF layout, tensors cast to ``dtype``. Returns a summary."""
+    from jaxmoe.export.safetensors_io import ShardedWriter
+
     m = cfg.model if isinstance(cfg, Config) else cfg
+    np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": None}.get(dtype, "bad")
+    if isinstance(np_dtype, str):
+        raise ConfigError(f"export dtype {dtype!r} is not valid; choose one of float32, bfloat16, float16.")
+    if np_dtype is None:
+        import ml_dtypes
+
+        np_dtype = ml_dtypes.bfloat16
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hf_config(m), indent=2) + "\n")
-    write_safetensors(out / "model.safetensors", to_hf_state_dict(params, m), {"format": "pt"})
-    return out
+    hf = hf_config(m)
+    hf["torch_dtype"] = dtype
+    writer = ShardedWriter(out, shard_size)
+    for name, tensor in to_hf_state_dict(params, m).items():
+        writer.add(name, np.ascontiguousarray(tensor.astype(np_dtype)))
+    files = writer.close()
+    (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    return {"family": "time_moe", "out_dir": str(out), "files": [f.name for f in files],
+            "num_params": writer.num_params, "total_size": writer.total_size}
 
 
 def read_hf_tensors(hf_dir: str | Path) -> dict[str, np.ndarray]:
     """All tensors of an HF directory (single file or sharded with an index)."""
     hf_dir = Path(hf_dir)
-    single = hf_dir / "model.safetensors"
-    index = hf_dir / "model.safetensors.index.json"
-    if single.exists():
-        return read_safetensors(single)
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        out = {}
-        for name in files:
-            out.update(read_safetensors(hf_dir / name))
-        return out
-    raise FileNotFoundError(f"no model.safetensors (or model.safetensors.index.json) in {hf_dir}.")
+    if not any(hf_dir.glob("*.safetensors")):
+        raise FileNotFoundError(f"no model.safetensors (or sharded safetensors) in {hf_dir}.")
+    return read_safetensors(hf_dir)
 
 
 def load_hf(hf_dir: str | Path, base: Config | None = None, output_dir: str | None = None):
@@ -370,20 +330,21 @@ def load_hf(hf_dir: str | Path, base: Config | None = None, output_dir: str | No
     cfg = config_from_hf(hf, base, output_dir)
     tensors = read_hf_tensors(hf_dir)
     try:
-        params = from_hf_state_dict(tensors, cfg.model)
+        params = from_hf_state_dict(tensors, cfg.model, np.float32 if cfg.model.param_dtype == "float32" else None)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return cfg, params
 
 
-def export_time_moe(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
+def export_time_moe(run_dir: str | Path, out_dir: str | Path, step: int | None = None, *,
+                    shard_size: int | str = "2GB", dtype: str = "float32") -> dict:
     """Export a trained jaxmoe Time-MoE run (latest checkpoint unless ``step``) to an HF directory."""
     from jaxmoe.train.checkpoint import load_params
 
     cfg, params = load_params(run_dir, step)
     if cfg.model.family != "time_moe":
-        raise ConfigError(f"the run in {run_dir} is a {cfg.model.family} model, not time_moe.")
-    return save_hf(params, cfg, out_dir)
+        raise ConfigError(f"the run in {run_dir} is a {cfg.model.family} model; --family time_moe needs a time_moe run.")
+    return save_hf(params, cfg, out_dir, shard_size, dtype)
 
 
 def write_run(cfg: Config, params, run_dir: str | Path, step: int = 0, meta: dict | None = None) -> Path:
@@ -416,3 +377,38 @@ def import_time_moe(hf_dir: str | Path, out_run_dir: str | Path, base: Config | 
     """Import an HF Time-MoE directory as a jaxmoe run directory (checkpoint at step 0)."""
     cfg, params = load_hf(hf_dir, base, str(out_run_dir))
     return write_run(cfg, params, out_run_dir, 0, {"imported_from": str(Path(hf_dir).absolute())})
+
+
+# ------------------------------------------- hooks for jaxmoe.export.families (CLI)
+
+name = "time_moe"
+model_types = ("time_moe",)
+architecture = "TimeMoeForPrediction"
+
+
+def export_run(run_dir, out_dir, *, shard_size="2GB", step=None, dtype="float32") -> dict:
+    """``jaxmoe export --family time_moe`` entry point."""
+    return export_time_moe(run_dir, out_dir, step, shard_size=shard_size, dtype=dtype)
+
+
+def import_run(hf_dir, out_run_dir) -> Path:
+    """``jaxmoe import`` entry point (model_type ``time_moe``)."""
+    return import_time_moe(hf_dir, out_run_dir)
+
+
+def hf_info(hf_dir) -> dict[str, Any]:
+    """Sizes and parameter counts of an HF Time-MoE directory."""
+    from jaxmoe.export.safetensors_io import SafetensorsReader
+    from jaxmoe.models.time_moe import param_counts
+
+    hf_dir = Path(hf_dir)
+    cfg = config_from_hf(json.loads((hf_dir / "config.json").read_text()))
+    reader = SafetensorsReader(hf_dir)
+    counts = param_counts(cfg.model)
+    m = cfg.model
+    return {"family": "time_moe", "model_type": "time_moe", "architecture": architecture, "embed_dim": m.embed_dim,
+            "ffn_dim": m.ffn_dim, "num_layers": m.num_layers, "num_heads": m.num_heads,
+            "num_experts": m.moe.num_experts, "experts_per_token": m.moe.experts_per_token,
+            "horizons": list(m.horizons), "use_dense": m.use_dense, "max_seq_len": m.max_seq_len,
+            "stored_params": sum(int(np.prod(reader.shape(n))) for n in reader.names()),
+            "params": counts["total"], "active_params": counts["active"], "files": len(reader.paths)}

@@ -135,7 +135,7 @@ def _jax_mesh_context(mesh):
     """JAX's abstract-mesh context: it is part of jit's cache key, so a function traced
     without a mesh (or under another mesh shape) is traced again under this one."""
     fn = getattr(jax.sharding, "use_abstract_mesh", None)
-    if mesh is None or fn is None or not hasattr(mesh, "abstract_mesh"):
+    if mesh is None or fn is None or not hasattr(mesh, "abstract_mesh") or mesh_size(mesh) == 1:
         return contextlib.nullcontext()
     return fn(mesh.abstract_mesh)
 

@@ -29,6 +29,7 @@ FAMILIES = {
     "qwen3_moe": "jaxmoe.export.families.qwen3_moe",
     "olmoe": "jaxmoe.export.families.olmoe",
     "deepseek_v3": "jaxmoe.export.families.deepseek_v3",
+    "time_moe": "jaxmoe.export.time_moe",
 }
 
 

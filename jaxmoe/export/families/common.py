@@ -291,7 +291,7 @@ class LMFamily:
             "num_experts_per_tok": m.moe.experts_per_token,
             "output_router_logits": False,
             "router_aux_loss_coef": m.moe.balance_coef,
-            "torch_dtype": "float32",
+            "dtype": "float32",
             **rope_to_hf(m.rope_theta),
         }
         if cfg.data.tokenizer == "byte" and m.vocab_size >= 259:

@@ -8,7 +8,7 @@ Exports always carry q/k/v biases (zeros when the jaxmoe model has none) and
 from __future__ import annotations
 
 from jaxmoe.config import ModelConfig, layer_kinds
-from jaxmoe.export.families.common import (FLAT, Caps, ExportError, LMFamily, Rule, hf_get, make_model, moe_fields,
+from jaxmoe.export.families.common import (Caps, ExportError, LMFamily, Rule, hf_get, make_model, moe_fields,
                                            pattern_from_dense)
 from jaxmoe.moe.layer import shared_width
 
