@@ -64,7 +64,8 @@ prose = ["The weather was mild.", "She walked to the market.", "A quiet evening 
 profile = steering.profile_experts(params, cfg, code, prose, tok)
 ranking = pd.DataFrame(profile["ranking"])
 print(f"{profile['tokens_a']} code tokens, {profile['tokens_b']} prose tokens")
-pd.concat([ranking.head(4).assign(most_specific_to="code"), ranking.tail(4)[::-1].assign(most_specific_to="prose")])"""),
+pd.concat([ranking.head(4).assign(most_specific_to="code"),
+           ranking.tail(4)[::-1].assign(most_specific_to="prose")])"""),
     new_code_cell("""heatmap = os.path.join(tempfile.mkdtemp(), "experts.png")
 steering.plot_profile(profile, heatmap, labels=("code", "prose"))
 display(Image(heatmap))"""),

@@ -151,8 +151,8 @@ def test_remix_cli(task, tmp_path, capsys):
     run = tmp_path / "run"
     make_run(run, Config(model=cfg, data=DataConfig(seq_len=16)), params=params)
     text = lambda ids: bytes(int(i) for i in ids).decode()
-    (tmp_path / "ref.jsonl").write_text("".join(
-        json.dumps({"prompt": text(t[:p + 1]), "answer": text(t[p + 1:p + 2])}) + "\n" for t, p in zip(ref.tokens, ref.pos)))
+    (tmp_path / "ref.jsonl").write_text("".join(json.dumps({"prompt": text(t[:p + 1]), "answer": text(t[p + 1:p + 2])})
+                                                + "\n" for t, p in zip(ref.tokens, ref.pos)))
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": text(p), "answer": text(a)}) + "\n"
                                                for p, a in test_ex))
     rc = main(["remix", "--checkpoint", str(run), "--reference", str(tmp_path / "ref.jsonl"), "--inputs",

@@ -93,7 +93,8 @@ def lane_preemption(env, root: Path) -> dict:
     out["reference"] = (ref, jaxmoe(env, *train_args(ref, "train.tensorboard=true", "train.progress=true")))
     run = root / "sigterm"
     first = jaxmoe(env, *train_args(run), fault=f"sigterm@{SIGTERM_STEP}")
-    between = {"steps": steps_of(run) if (run / "checkpoints").exists() else [], "losses": losses(run)}
+    between = {"steps": steps_of(run) if (run / "checkpoints").exists() else [], "losses": losses(run),
+               "meta": ckpt.read_meta(run, SIGTERM_STEP) if (run / "checkpoints").exists() else {}}
     out["sigterm"] = (run, first, between, jaxmoe(env, *train_args(run, resume=True)))
     run = root / "sigkill"
     first = jaxmoe(env, *train_args(run), fault=f"sigkill_during_save@{SIGKILL_STEP}")
@@ -199,6 +200,9 @@ def test_sigterm_at_random_step_then_resume_is_exact(lanes):
     assert f"jaxmoe train --config {run / 'config.yaml'} --resume" in first.stdout
     assert max(between["steps"]) == k  # finished step k, saved it, went no further
     assert [s for s, _ in between["losses"]] == list(range(1, k + 1))
+    # the checkpoint also holds the loss-spike window, so spikes are flagged as if never interrupted
+    assert between["meta"]["step"] == k and between["meta"]["model"]["embed_dim"] == 32
+    assert between["meta"]["loss_window"] == [loss for _, loss in between["losses"]][-20:]
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["start_step"] == k
     assert losses(run) == losses(ref)  # same steps, same data order, bit-identical losses

@@ -86,7 +86,8 @@ def test_two_pass_loss(model):
     apply = jax.jit(lm.apply, static_argnames="cfg")
     draws = lambda rng: [np.asarray(apply(params, tokens[:, :-1], cfg, rng=r)[1]["expert_ids"]) for r in
                          thor.pass_rngs(rng)]
-    rng = next(jax.random.PRNGKey(k) for k in range(20) if (lambda d: (d[0] != d[1]).any())(draws(jax.random.PRNGKey(k))))
+    differ = lambda d: (d[0] != d[1]).any()
+    rng = next(jax.random.PRNGKey(k) for k in range(20) if differ(draws(jax.random.PRNGKey(k))))
     loss, m = loss_fn(params, {"tokens": tokens}, cfg, rng)
     np.testing.assert_allclose(float(loss), float(m["ce_1"] + m["ce_2"] + m["consistency"]), rtol=1e-6)
     assert float(m["consistency"]) > 0  # the two passes met different experts

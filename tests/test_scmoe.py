@@ -43,8 +43,8 @@ def test_rank_select_router_input():
         assert np.asarray(weak.weights).tolist() == [[1.0]] * 6  # one expert, weight renormalised
     off = jnp.asarray([True, False, True, True])
     top = np.argsort(-np.where(np.asarray(off), probs, -1), axis=-1)[:, 0]
-    np.testing.assert_array_equal(np.asarray(topk_route(params, x, cfg, rank_select=0, expert_mask=off).expert_ids[:, 0]),
-                                  top)
+    first = topk_route(params, x, cfg, rank_select=0, expert_mask=off).expert_ids[:, 0]
+    np.testing.assert_array_equal(np.asarray(first), top)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_first_token_follows_the_contrast(model):
     assert np.abs(np.asarray(strong) - np.asarray(weak)).max() > 1e-3
     sc = SCMoEConfig(beta=2.0, alpha=0.5, weak_rank=2)
     want = np.asarray(jnp.argmax(scmoe_scores(strong[:, -1], weak[:, -1], sc), -1))
-    got = contrastive_generate(params, prompt, cfg, 1, jax.random.PRNGKey(0), sc)
+    got = contrastive_generate(params, prompt, cfg, 8, jax.random.PRNGKey(0), sc)  # same program as beta = 0
     np.testing.assert_array_equal(np.asarray(got[:, 0]), want)
 
 
@@ -82,3 +82,21 @@ def test_checks():
         check(tiny_cfg(router="topp"), SCMoEConfig())
     with pytest.raises(ValueError, match="alpha"):
         check(tiny_cfg(), SCMoEConfig(alpha=0.0))
+
+
+def test_cli_contrastive(tmp_path, capsys):
+    from jaxmoe.cli import main
+    from routing_helpers import make_run
+
+    run = tmp_path / "run"
+    make_run(run, "configs/lm_tiny.yaml", ["model.embed_dim=16", "model.num_layers=2", "model.num_heads=2",
+                                            "model.num_kv_heads=1", "model.moe.num_experts=4",
+                                            "model.moe.expert_ffn_dim=8", "model.moe.shared_ffn_dim=8",
+                                            "model.moe.dense_ffn_dim=16", "model.max_seq_len=32", "data.seq_len=32"],
+             std=0.5)
+    rc = main(["generate", "--checkpoint", str(run), "--prompt", "def ", "--max-new-tokens", "6",
+               "--contrastive", "scmoe", "--beta", "0.5", "--alpha", "0.1", "--weak-rank", "2"])
+    assert rc == 0 and capsys.readouterr().out.startswith("def ")
+    rc = main(["generate", "--checkpoint", str(run), "--prompt", "x", "--contrastive", "scmoe", "--weak-rank", "4"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("error: --weak-rank=4 must be between 0 and") and len(err.splitlines()) == 1

@@ -1,4 +1,4 @@
-"""``jaxmoe experts profile --checkpoint DIR --prompts-a A.txt --prompts-b B.txt [--plot heat.png] [--out ranking.json]``.
+"""``jaxmoe experts profile --checkpoint DIR --prompts-a A.txt --prompts-b B.txt [--plot P] [--out J]``.
 
 MoTE functional expert imaging: how often each (layer, expert) is in a token's routed set
 on two contrasting prompt sets (one prompt per line), ranked by the difference. The
@@ -40,7 +40,8 @@ def run(args) -> int:
     from jaxmoe.cli import UserError
 
     if getattr(args, "experts_command", None) != "profile":
-        raise UserError("choose an action: `jaxmoe experts profile --checkpoint DIR --prompts-a A.txt --prompts-b B.txt`.")
+        raise UserError("choose an action: `jaxmoe experts profile --checkpoint DIR --prompts-a A.txt "
+                        "--prompts-b B.txt`.")
     from jaxmoe.data.tokenizers import load_tokenizer
     from jaxmoe.decode import steering
     from jaxmoe.train.checkpoint import load_params

@@ -244,7 +244,8 @@ def _objective(w, params, cfg: ModelConfig, tokens, target, pos, kernel, crit):
     return (kernel * losses).sum() / kernel.sum()
 
 
-_neighbour_grad = jax.jit(jax.value_and_grad(_objective), static_argnames=("cfg", "crit"))  # one program for both methods
+# one compiled program serves both methods (kernel regression only reads the value)
+_neighbour_grad = jax.jit(jax.value_and_grad(_objective), static_argnames=("cfg", "crit"))
 
 
 def remix(params, cfg: ModelConfig, reference: ReferenceSet, prompt: Sequence[int], *,

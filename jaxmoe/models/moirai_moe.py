@@ -220,7 +220,13 @@ def attention(params, x: jax.Array, positions: jax.Array, cfg: ModelConfig, *, c
     scale = 1.0 / math.sqrt(q.shape[-1])
     new_cache = None
     if cache is None:
-        out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
+        implementation = attn_lib._choose_impl(cfg.attention_impl, x.dtype, False)  # cuDNN on GPU for bf16/fp16
+        try:
+            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=implementation)
+        except Exception:  # cuDNN unavailable for this shape/dtype: fall back to XLA
+            if implementation is None:
+                raise
+            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
     else:
         idx = jnp.asarray(cache_index, jnp.int32)
         ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, idx, 0, 0))
@@ -296,9 +302,10 @@ def trunk(params, patches: jax.Array, mask: jax.Array, cfg: ModelConfig, *, cach
 
 def distribution_params(params, hidden: jax.Array, cfg: ModelConfig) -> dict:
     """``hidden [batch, tokens, embed]`` -> mixture params of the next patch, leaves
-    ``[batch, tokens, P]`` (``weights_logits [batch, tokens, P, components]``), fp32."""
+    ``[batch, tokens, P]`` (``weights_logits [batch, tokens, P, components]``); the head is
+    computed in fp32 whatever the compute dtype."""
     cfg = _model_cfg(cfg)
-    raw = linear(params["head"], hidden).astype(jnp.float32)
+    raw = linear(params["head"], hidden.astype(jnp.float32))  # fp32: a 1e-3 normal needs a precise loc
     raw = raw.reshape(raw.shape[:-1] + (cfg.patch_size, num_raw_params(cfg)))
     return dist.domain_map(raw, cfg.mixture_components)
 

@@ -44,7 +44,8 @@ def init_pregate(key, cfg: ModelConfig) -> dict:
 
     def block(kk):
         kb = split(kk, ["attn", "mlp"])
-        return {"attn_norm": init_rmsnorm(d), "attn": attn_lib.init_attention(kb["attn"], d, h, h, hd, std=cfg.init_std),
+        return {"attn_norm": init_rmsnorm(d),
+                "attn": attn_lib.init_attention(kb["attn"], d, h, h, hd, std=cfg.init_std),
                 "mlp_norm": init_rmsnorm(d), "mlp": init_swiglu(kb["mlp"], d, 4 * d, cfg.init_std)}
 
     return {"embed": init_embedding(k["embed"], cfg.vocab_size, d, cfg.init_std),

@@ -148,6 +148,17 @@ def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def read_meta(run_dir: str | Path, step: int | None = None) -> dict:
+    """The metadata saved with checkpoint ``step`` (default: latest) of a run: step, time,
+    family, model config, loss-spike window ({} if unreadable)."""
+    manager = make_manager(run_dir, create=False)
+    try:
+        step = manager.latest_step() if step is None else step
+        return {} if step is None else _restore_meta(manager, step)
+    finally:
+        manager.close()
+
+
 def _flat_shapes(tree) -> dict[str, tuple]:
     from jaxmoe.train.guards import leaf_names
 
