@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmoe.config import ConfigError, load_config
+from jaxmoe.commands.forecast import forecast_with_model
+from jaxmoe.config import Config, ConfigError, load_config
 from jaxmoe.models import distributions as dist
 from jaxmoe.models import get_model
 from jaxmoe.models import moirai_moe as mm
@@ -208,14 +209,14 @@ def _context():
 
 
 def _forecast(context, **kw):
-    return mm.forecast_moirai(PARAMS, CFG, context, 10, num_samples=16, rng=jax.random.PRNGKey(7), **kw)
+    return mm.forecast_moirai(PARAMS, CFG, context, 10, num_samples=100, rng=jax.random.PRNGKey(7), **kw)
 
 
 def test_cached_sampling_equals_full_recompute():
     ctx = _context()
     cached = _forecast(ctx)
     full = _forecast(ctx, use_cache=False)
-    chex.assert_shape(cached["samples"], (2, 16, 10))
+    chex.assert_shape(cached["samples"], (2, 100, 10))
     np.testing.assert_allclose(np.asarray(cached["samples"]), np.asarray(full["samples"]), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(cached["quantiles"]), np.asarray(full["quantiles"]), rtol=1e-4, atol=1e-4)
 
@@ -238,8 +239,14 @@ def test_forecast_shapes_quantiles_and_scaling_invariance():
         np.testing.assert_allclose(np.asarray(scaled["mean"]), c * np.asarray(out["mean"]), rtol=1e-5, atol=1e-6)
     again = _forecast(ctx)  # same rng -> same paths
     np.testing.assert_array_equal(np.asarray(again["samples"]), np.asarray(out["samples"]))
-    hook = mm.forecast_quantiles(PARAMS, CFG, ctx, 10, num_samples=16, rng=jax.random.PRNGKey(7))
+    hook = mm.forecast_quantiles(PARAMS, CFG, ctx, 10, rng=jax.random.PRNGKey(7))
     np.testing.assert_allclose(hook["quantiles"][0.9], q[-1], rtol=1e-6)
+    # `jaxmoe forecast` / `evaluate` take the median as the point forecast of a sampled model
+    cli = forecast_with_model(PARAMS, Config(model=CFG), ctx, 10)
+    default_rng = mm.forecast_moirai(PARAMS, CFG, ctx, 10)  # rng None -> PRNGKey(0), as the CLI
+    np.testing.assert_allclose(cli["mean"], np.asarray(default_rng["median"]), rtol=1e-6)
+    assert not np.allclose(cli["mean"], np.asarray(default_rng["mean"]))
+    assert sorted(cli["quantiles"]) == list(levels)
 
 
 def test_forecast_errors():

@@ -27,7 +27,10 @@ Both RoPE implementations use the rotate-half layout, so q/k need no permutation
 Public API: :func:`to_hf_state_dict`, :func:`from_hf_state_dict`, :func:`hf_config`,
 :func:`config_from_hf`, :func:`hf_layout`, :func:`save_hf`, :func:`load_hf`,
 :func:`export_time_moe` (run dir -> HF dir), :func:`import_time_moe` (HF dir -> run dir),
-plus minimal :func:`write_safetensors` / :func:`read_safetensors`.
+:func:`write_safetensors` / :func:`read_safetensors` (over :mod:`jaxmoe.export.safetensors_io`).
+The module-level ``model_types``, ``export_run``, ``import_run`` and ``hf_info`` make it the
+``time_moe`` entry of :data:`jaxmoe.export.families.FAMILIES`, i.e. ``jaxmoe export --family
+time_moe`` and ``jaxmoe import`` (family detected from ``model_type``).
 """
 
 from __future__ import annotations
