@@ -14,7 +14,8 @@ Model config: ``embed_dim`` (H), ``num_layers``, ``ssm_state_dim`` (N; LSSL pape
 64 in small configs), ``vocab_size``, ``num_classes``, ``pooling``, ``dropout_rate``, and
 extra options ``lssl_mode`` (``convolution`` | ``recurrent`` | ``parallel``, default
 convolution), ``a_mode`` (``fixed`` | ``shared`` | ``per_feature``), ``measure``
-(``legs`` | ``legt``) and ``discretization`` (bilinear alpha or ``zoh``, default 0.5).
+(``legs`` | ``legt``), ``discretization`` (bilinear alpha or ``zoh``, default 0.5) and
+``dt_min`` / ``dt_max`` (range of the log-uniform initial step sizes, default 1e-3 / 1e-1).
 
 Params::
 
@@ -55,7 +56,9 @@ def init_boxed(key: jax.Array, cfg: ModelConfig) -> dict:
     h = cfg.embed_dim
     layer = lambda kk: {"norm": init_layernorm(h),  # noqa: E731
                         "lssl": init_lssl(kk, h, state_size=cfg.ssm_state_dim, a_mode=cfg.option("a_mode", "fixed"),
-                                          measure=cfg.option("measure", "legs"))}
+                                          measure=cfg.option("measure", "legs"),
+                                          dt_min=float(cfg.option("dt_min", 1e-3)),
+                                          dt_max=float(cfg.option("dt_max", 1e-1)))}
     return {
         "embed": init_embedding(k["embed"], cfg.vocab_size, h, std=1.0),
         "layers": stack_boxed(layer, k["layers"], cfg.num_layers, "layers"),

@@ -31,7 +31,7 @@ of Moirai-MoE (Liu et al. 2024, ``uni2ts`` ``MoiraiMoEModule``), univariate:
     k distances; ``centroid_nearest`` takes the k *nearest* centroids (``-d``) instead. The
     centroids get no gradient (``stop_gradient``) and no weight decay, so they stay as loaded
     or initialised (:func:`set_centroids` installs k-means centroids, :func:`kmeans`).
-- Final RMSNorm, then one biased linear head ``[D, P * R]``: for every point of the **next**
+- Final RMSNorm, then one biased linear head ``[D, P * R]`` (computed in fp32): for every point of the **next**
   patch, the ``R = distributions.num_raw_params(model.mixture_components)`` raw parameters of
   a mixture (default Moirai's Student-t, normal with fixed scale 1e-3, negative binomial,
   log-normal; see :mod:`jaxmoe.models.distributions`) over the scaled value ``z``.
@@ -52,7 +52,10 @@ path, and so on; paths are de-normalised and summarised by quantiles, median and
 ``use_cache=True`` (default) prefills a KV cache with the context once (shared by all sample
 paths) and then decodes one token per path per step; ``use_cache=False`` re-runs the whole
 fixed-size token buffer every step (causal attention makes the not-yet-written tokens
-invisible) -- the reference path; both draw the same random numbers.
+invisible) -- the reference path; both draw the same random numbers. ``jaxmoe forecast`` /
+``evaluate`` use the median as the point forecast (:func:`forecast_quantiles`). As in uni2ts
+the mixture lives in scaled space (an affine transform of it gives the raw-scale
+distribution), so e.g. negative-binomial draws are ``loc + scale * k`` for integers ``k``.
 
 Params::
 
