@@ -33,7 +33,9 @@ class UserError(Exception):
 def _user_errors():
     from jaxmoe.config import ConfigError
 
-    errs = [UserError, ConfigError, FileNotFoundError]
+    # `python -m jaxmoe.cli` runs this file as __main__: the commands raise the UserError of
+    # the imported module `jaxmoe.cli`, so catch both classes.
+    errs = [UserError, importlib.import_module("jaxmoe.cli").UserError, ConfigError, FileNotFoundError]
     for mod, name in [("jaxmoe.train.checkpoint", "CheckpointError"), ("jaxmoe.train.loop", "TrainingError"),
                       ("jaxmoe.data.text", "DataError"), ("jaxmoe.data.real_series", "SeriesError")]:
         try:

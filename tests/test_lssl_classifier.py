@@ -23,38 +23,48 @@ def _cfg(*extra):
 
 def test_registered_and_shapes():
     cfg = _cfg()
+    last_cfg = load_config(CONFIG, [*TINY, "model.pooling=last"]).model
     assert get_model("lssl_classifier") is lc
     params = lc.init(jax.random.PRNGKey(0), cfg.model)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 20), 0, 17)
-    logits = lc.apply(params, tokens, cfg.model)
+    labels = jnp.array([0, 3, 9])
+
+    @jax.jit
+    def run(params, tokens, labels):
+        logits = lc.apply(params, tokens, cfg.model)
+        loss, metrics = lc.loss_fn(params, {"tokens": tokens, "labels": labels}, cfg.model, None)
+        return logits, lc.apply(params, tokens, last_cfg), loss, metrics["accuracy"]
+
+    logits, last, loss, acc = run(params, tokens, labels)
     assert logits.shape == (3, 10) and logits.dtype == jnp.float32
     chex.assert_tree_all_finite(logits)
+    expected = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    assert float(acc) == float(jnp.mean(jnp.argmax(logits, -1) == labels))
+    # mean and last pooling read different features of the same sequence
+    assert float(jnp.max(jnp.abs(last - logits))) > 1e-4
     axes = lc.param_axes(cfg.model)
     assert axes["head"]["kernel"] == ("embed", None) and axes["layers"]["norm"]["scale"][0] == "layers"
-    loss, metrics = lc.loss_fn(params, {"tokens": tokens, "labels": jnp.array([0, 3, 9])}, cfg.model, None)
-    assert np.isfinite(float(loss)) and 0.0 <= float(metrics["accuracy"]) <= 1.0
-    # mean and last pooling read different features of the same sequence
-    last = lc.apply(params, tokens, load_config(CONFIG, [*TINY, "model.pooling=last"]).model)
-    assert float(jnp.max(jnp.abs(last - logits))) > 1e-4
 
 
-def test_lssl_views_give_the_same_classifier():
-    cfg = _cfg()
+def test_lssl_views_give_the_same_classifier_and_dropout_needs_rng():
+    cfg = _cfg("model.dropout_rate=0.5")
     params = lc.init(jax.random.PRNGKey(2), cfg.model)
     tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 24), 0, 17)
-    ref = lc.apply(params, tokens, cfg.model)
-    for mode in ("recurrent", "parallel"):
-        other = load_config(CONFIG, [*TINY, f"model.extra={{lssl_mode: {mode}, a_mode: fixed}}"]).model
-        chex.assert_trees_all_close(lc.apply(params, tokens, other), ref, atol=1e-4, rtol=1e-4)
+    others = [load_config(CONFIG, [*TINY, "model.dropout_rate=0.5",
+                                   f"model.extra={{lssl_mode: {mode}, a_mode: fixed}}"]).model
+              for mode in ("recurrent", "parallel")]
 
+    @jax.jit
+    def run(params, tokens):
+        ref = lc.apply(params, tokens, cfg.model)
+        return ref, [lc.apply(params, tokens, o) for o in others], lc.apply(params, tokens, cfg.model,
+                                                                             jax.random.PRNGKey(5))
 
-def test_dropout_only_with_rng():
-    cfg = _cfg("model.dropout_rate=0.5")
-    params = lc.init(jax.random.PRNGKey(0), cfg.model)
-    tokens = jnp.arange(32).reshape(2, 16) % 17
-    a = lc.apply(params, tokens, cfg.model)
-    chex.assert_trees_all_equal(a, lc.apply(params, tokens, cfg.model))
-    assert float(jnp.max(jnp.abs(lc.apply(params, tokens, cfg.model, jax.random.PRNGKey(5)) - a))) > 1e-4
+    ref, views, dropped = run(params, tokens)
+    for view in views:
+        chex.assert_trees_all_close(view, ref, atol=1e-4, rtol=1e-4)
+    assert float(jnp.max(jnp.abs(dropped - ref))) > 1e-4  # dropout acts only when an rng is given
 
 
 def test_digits_split_is_fixed_and_disjoint():

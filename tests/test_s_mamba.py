@@ -39,9 +39,10 @@ def test_shapes_finite_and_param_axes(model):
     # the parameters do not depend on the number of variates
     assert apply(params, _x(2, variates=9, cfg=cfg)).shape == (2, cfg.horizon, 9)
     batch = {"x": x, "y": jnp.zeros((2, cfg.horizon, 5))}
-    loss, metrics = s_mamba.loss_fn(params, batch, cfg, None)
+    loss, metrics = jax.jit(lambda p, b: s_mamba.loss_fn(p, b, cfg, None))(params, batch)
     np.testing.assert_allclose(float(loss), float(jnp.mean(y ** 2)), rtol=1e-5)
-    grads = jax.grad(lambda p: s_mamba.loss_fn(p, batch, cfg, jax.random.PRNGKey(0))[0])(params)
+    np.testing.assert_allclose(float(metrics["mae"]), float(jnp.mean(jnp.abs(y))), rtol=1e-5)
+    grads = jax.jit(jax.grad(lambda p, b: s_mamba.loss_fn(p, b, cfg, jax.random.PRNGKey(0))[0]))(params, batch)
     chex.assert_tree_all_finite(grads)
     assert float(jnp.abs(grads["layers"]["mamba_b"]["in_proj"]).sum()) > 0
     axes = s_mamba.param_axes(cfg)
@@ -65,8 +66,9 @@ def test_forecast_follows_offset_and_scale_of_each_variate(model):
     chex.assert_trees_all_close(apply(params, x * scale + shift), y * scale + shift, atol=2e-3, rtol=1e-4)
     # without instance normalisation the forecast does not follow the input's scale
     raw = load_config(CONFIG, [*TINY, "model.instance_norm=false"]).model
-    y_raw = s_mamba.apply(params, x, raw)
-    assert float(jnp.max(jnp.abs(s_mamba.apply(params, x * scale + shift, raw) - (y_raw * scale + shift)))) > 1.0
+    apply_raw = jax.jit(lambda p, xx: s_mamba.apply(p, xx, raw))
+    y_raw = apply_raw(params, x)
+    assert float(jnp.max(jnp.abs(apply_raw(params, x * scale + shift) - (y_raw * scale + shift)))) > 1.0
 
 
 def test_bidirectional_structure(model):
@@ -84,9 +86,10 @@ def test_bidirectional_structure(model):
     assert float(jnp.max(jnp.abs(apply(params, jnp.flip(x, axis=2)) - jnp.flip(y, axis=2)))) > 1e-3
 
     # information flows both ways along the variates; each direction alone is causal
+    jacobian = jax.jit(jax.jacrev(lambda p, xx: s_mamba.apply(p, xx, cfg), argnums=1))  # [B, H, C, B, L, C]
+
     def influence(p, out_var, in_var):
-        jac = jax.jacobian(lambda xx: apply(p, xx)[:, :, out_var])(x)  # [B, H, B, L, C]
-        return float(jnp.abs(jac[..., in_var]).max())
+        return float(jnp.abs(jacobian(p, x)[:, :, out_var, ..., in_var]).max())
 
     assert influence(params, 0, 5) > 1e-6 and influence(params, 5, 0) > 1e-6
     no_b = dict(params, layers=dict(params["layers"], mamba_b=jax.tree.map(jnp.zeros_like, params["layers"]["mamba_b"])))

@@ -33,38 +33,49 @@ def test_shapes_and_finite(model):
     cfg, params = model
     assert get_model("spacetime") is spacetime
     b = _batch(cfg)
-    out = spacetime.forward(params, b["x"], cfg)
+    x2 = b["x"].at[:, :, 1].add(5.0 * jnp.sin(jnp.arange(12.0)))
+
+    @jax.jit
+    def run(params, x, x2):
+        return spacetime.forward(params, x, cfg), spacetime.apply(params, x, cfg, horizon=7), spacetime.apply(params, x2, cfg)
+
+    out, long, other = run(params, b["x"], x2)
     assert out["forecast"].shape == (2, 3, 3) and out["lag_pred"].shape == (2, 12, 3)
     assert out["next_input"].shape == out["decoder_input"].shape == (6, 12, 8)
     chex.assert_tree_all_finite(out)
-    assert spacetime.apply(params, b["x"], cfg, horizon=7).shape == (2, 7, 3)
+    assert long.shape == (2, 7, 3)
+    chex.assert_trees_all_close(long[:, :3], out["forecast"], atol=1e-5, rtol=1e-5)  # same rollout, longer
     # channel independent: each variate's forecast depends on that variate only
-    x2 = b["x"].at[:, :, 1].add(5.0 * jnp.sin(jnp.arange(12.0)))
-    diff = jnp.abs(spacetime.apply(params, x2, cfg) - out["forecast"]).max(axis=(0, 1))
+    diff = jnp.abs(other - out["forecast"]).max(axis=(0, 1))
     assert float(diff[0]) == 0.0 and float(diff[2]) == 0.0 and float(diff[1]) > 1e-4
 
 
 def test_loss_has_three_parts(model):
     cfg, params = model
     b = _batch(cfg)
-    loss, metrics = spacetime.loss_fn(params, b, cfg, None)
-    parts = spacetime.loss_parts(params, b, cfg)
+
+    @jax.jit
+    def run(params, batch):
+        loss, metrics = spacetime.loss_fn(params, batch, cfg, None)
+        parts = spacetime.loss_parts(params, batch, cfg)
+        grads_k = {name: jax.grad(lambda p: spacetime.loss_parts(p, batch, cfg)[name])(params)["decoder"]["k"]
+                   for name in spacetime.LOSS_PARTS}
+        return loss, metrics, parts, spacetime.forward(params, batch["x"], cfg), grads_k
+
+    loss, metrics, parts, out, grads_k = run(params, b)
     assert set(parts) == {"horizon", "lag", "next_input"} and all(float(v) > 0 for v in parts.values())
     np.testing.assert_allclose(float(loss), float(sum(parts.values())), rtol=1e-6)  # weights 1, 1, 1
-    out = spacetime.forward(params, b["x"], cfg)
+    assert float(metrics["mse"]) == float(parts["horizon"])
     np.testing.assert_allclose(float(parts["horizon"]), float(jnp.mean((out["forecast"] - b["y"]) ** 2)), rtol=1e-6)
     np.testing.assert_allclose(float(parts["lag"]), float(jnp.mean((out["lag_pred"][:, :-1] - b["x"][:, 1:]) ** 2)),
                                rtol=1e-6)
-
-    def grad_k(weights):
-        c = load_config(CONFIG, [*TINY, f"model.loss_weights={list(weights)}"]).model
-        return jax.grad(lambda p: spacetime.loss_fn(p, b, c, None)[0])(params)["decoder"]["k"]
-
     # the decoder's next-input readout k shapes the closed-loop forecast and the next-input
     # prediction, never the open-loop lag outputs
-    assert float(jnp.abs(grad_k((0.0, 1.0, 0.0))).max()) == 0.0
-    assert float(jnp.abs(grad_k((1.0, 0.0, 0.0))).max()) > 0.0
-    assert float(jnp.abs(grad_k((0.0, 0.0, 1.0))).max()) > 0.0
+    assert float(jnp.abs(grads_k["lag"]).max()) == 0.0
+    assert float(jnp.abs(grads_k["horizon"]).max()) > 0.0 and float(jnp.abs(grads_k["next_input"]).max()) > 0.0
+    weighted = load_config(CONFIG, [*TINY, "model.loss_weights=[2.0, 0.0, 0.5]"]).model
+    loss2, _ = jax.jit(lambda p, bb: spacetime.loss_fn(p, bb, weighted, None))(params, b)
+    np.testing.assert_allclose(float(loss2), float(2 * parts["horizon"] + 0.5 * parts["next_input"]), rtol=1e-5)
     with pytest.raises(ConfigError, match="loss_weights"):
         load_config(CONFIG, ["model.loss_weights=[1, 1]"])
 
