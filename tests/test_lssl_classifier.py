@@ -101,14 +101,14 @@ def test_array_pipeline_resumes_exactly_and_covers_each_epoch():
 
 
 def test_digits_classifier_beats_majority_class():
-    cfg = load_config(CONFIG, ["model.embed_dim=32", "model.num_layers=1", "model.ssm_state_dim=32",
-                               "model.dropout_rate=0.0", "train.steps=120", "train.batch_size=32",
-                               "train.learning_rate=0.01", "train.warmup_steps=10", "train.seed=0"])
+    # ~5 s of training; the 1500-step config run reaches ~97% (benchmarks/ssm_demos.py)
+    cfg = load_config(CONFIG, ["model.embed_dim=32", "model.num_layers=1", "model.ssm_state_dim=16",
+                               "model.dropout_rate=0.0", "train.steps=200", "train.warmup_steps=10", "train.seed=0"])
     params, losses = fit(cfg)
     scores = evaluate_classifier(cfg, params)
-    assert np.mean(losses[-10:]) < 0.5 * losses[0]
-    assert scores["baseline_accuracy"] < 0.15
-    assert scores["accuracy"] > 0.6, scores
+    assert np.mean(losses[-20:]) < 0.8 * losses[0]
+    assert scores["baseline_accuracy"] < 0.1 and scores["test_examples"] == 449
+    assert scores["accuracy"] > 0.3, scores  # 200 steps, seeds 0 and 1: 0.44; majority class: 0.08
 
 
 def test_config_validation():
@@ -120,7 +120,7 @@ def test_config_validation():
 
 def test_jaxmoe_train_two_steps(tmp_path):
     run = tmp_path / "run"
-    rc = main(["train", "--config", CONFIG, *TINY, "train.steps=2", "train.batch_size=8", "train.eval_batches=1",
+    rc = main(["train", "--config", CONFIG, *TINY, "train.steps=2", "train.batch_size=8", "data.eval_fraction=0",
                "train.progress=false", "train.log_every=1", f"train.output_dir={run}"])
     assert rc == 0
     assert (run / "metrics.jsonl").read_text().count('"accuracy"') == 2

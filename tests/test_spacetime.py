@@ -113,12 +113,13 @@ def test_fits_ar2_and_beats_last_value():
         hist = np.stack([hist[:, -1], nxt], axis=1)
     oracle = np.mean((a - test_y) ** 2)
     assert np.all(np.isfinite(pred)) and losses[-1] < losses[0]
-    assert mse < 0.75 * last, (mse, last, oracle)
+    # seed 0: model 0.604, true AR(2) recursion 0.606, last value 1.46
+    assert mse < 0.75 * last and mse < 1.15 * oracle, (mse, last, oracle)
 
 
 def test_jaxmoe_train_two_steps(tmp_path):
     run = tmp_path / "run"
-    rc = main(["train", "--config", CONFIG, *TINY, "train.steps=2", "train.batch_size=8", "train.eval_batches=1",
+    rc = main(["train", "--config", CONFIG, *TINY, "train.steps=2", "train.batch_size=8", "data.eval_fraction=0",
                "train.progress=false", "train.log_every=1", f"train.output_dir={run}"])
     assert rc == 0
     text = (run / "metrics.jsonl").read_text()

@@ -25,12 +25,18 @@ from jaxmoe.nn.init import unbox
 jax.config.update("jax_default_matmul_precision", "highest")
 params = unbox(init_lssl(jax.random.PRNGKey(0), 4, state_size=16, dt_min=1e-2, dt_max=2e-1))
 u = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 4))
-views = {mode: lssl(params, u, mode=mode) for mode in ("recurrent", "convolution", "parallel")}
-state, steps = init_lssl_state(2, 4, state_size=16), []
-for t in range(u.shape[1]):
-    y_t, state = lssl_step(params, u[:, t], state)
-    steps.append(y_t)
-views["step-by-step"] = jnp.stack(steps, axis=1)
+views = {mode: jax.jit(lssl, static_argnames="mode")(params, u, mode=mode)
+         for mode in ("recurrent", "convolution", "parallel")}
+
+@jax.jit
+def decode(params, u):  # one lssl_step per token, carried through a lax.scan
+    def body(state, u_t):
+        y_t, state = lssl_step(params, u_t, state)
+        return state, y_t
+    _, ys = jax.lax.scan(body, init_lssl_state(u.shape[0], u.shape[2], state_size=16), jnp.swapaxes(u, 0, 1))
+    return jnp.swapaxes(ys, 0, 1)
+
+views["step-by-step"] = decode(params, u)
 ref = views["recurrent"]
 for name, y in views.items():
     print(f"{name:>12}: max |y - y_recurrent| = {float(jnp.max(jnp.abs(y - ref))):.2e}")
