@@ -9,6 +9,7 @@ import pytest
 
 from jaxmoe.cli import main
 from jaxmoe.config import ConfigError, load_config
+from jaxmoe.data.text import DataError
 from jaxmoe.demos.data import ArrayPipeline, digits_sequences
 from jaxmoe.demos.ssm import evaluate_classifier, fit
 from jaxmoe.models import get_model, lssl_classifier as lc
@@ -96,7 +97,7 @@ def test_array_pipeline_resumes_exactly_and_covers_each_epoch():
     assert not np.array_equal(pipe.order(0), pipe.order(1))  # reshuffled every epoch
     finite = ArrayPipeline(data, 5, shuffle=False, num_epochs=1).iterator()
     assert len(list(finite)) == 4
-    with pytest.raises(Exception, match="fewer than one batch"):
+    with pytest.raises(DataError, match="fewer than one batch"):
         ArrayPipeline(data, 30)
 
 

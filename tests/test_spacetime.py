@@ -37,7 +37,8 @@ def test_shapes_and_finite(model):
 
     @jax.jit
     def run(params, x, x2):
-        return spacetime.forward(params, x, cfg), spacetime.apply(params, x, cfg, horizon=7), spacetime.apply(params, x2, cfg)
+        return (spacetime.forward(params, x, cfg), spacetime.apply(params, x, cfg, horizon=7),
+                spacetime.apply(params, x2, cfg))
 
     out, long, other = run(params, b["x"], x2)
     assert out["forecast"].shape == (2, 3, 3) and out["lag_pred"].shape == (2, 12, 3)
