@@ -27,11 +27,11 @@ from jaxmoe.config import ModelConfig, layer_kinds
 from jaxmoe.models.stack import Group, make_groups, scan_group, take_layers
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.nn import attention as attn_lib
-from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed, unbox
+from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
 from jaxmoe.nn.layers import attend_embedding, embed, init_embedding, init_rmsnorm, init_swiglu, rmsnorm, swiglu
 from jaxmoe.parallel.sharding import constrain
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
 
 
 def compute_dtype(cfg: ModelConfig):
@@ -102,10 +102,7 @@ def init_boxed(key, cfg: ModelConfig) -> dict:
 
 def init(key, cfg: ModelConfig) -> dict:
     """Random fp32 params (nested dicts/lists of arrays)."""
-    params = unbox(init_boxed(key, cfg))
-    if cfg.param_dtype != "float32":
-        params = jax.tree.map(lambda a: a.astype(DTYPES[cfg.param_dtype]), params)
-    return params
+    return unbox_params(init_boxed(key, cfg), cfg.param_dtype)
 
 
 def param_axes(cfg: ModelConfig) -> Any:

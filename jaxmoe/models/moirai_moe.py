@@ -84,11 +84,11 @@ from jaxmoe.models.stack import scan_group
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.moe.router import Routing
 from jaxmoe.nn import attention as attn_lib
-from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed, unbox
+from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
 from jaxmoe.nn.layers import init_linear, init_rmsnorm, linear, rmsnorm
 from jaxmoe.nn.rope import apply_rope
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -154,10 +154,7 @@ def init_boxed(key, cfg: ModelConfig) -> dict:
 def init(key, cfg: ModelConfig) -> dict:
     """Random params: normal(0, init_std) kernels, zero biases, unit norms (centroids N(0, 1))."""
     cfg = _model_cfg(cfg)
-    params = unbox(init_boxed(key, cfg))
-    if cfg.param_dtype != "float32":
-        params = jax.tree.map(lambda a: a.astype(DTYPES[cfg.param_dtype]), params)
-    return params
+    return unbox_params(init_boxed(key, cfg), cfg.param_dtype)
 
 
 def param_axes(cfg: ModelConfig) -> Any:

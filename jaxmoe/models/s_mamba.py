@@ -46,7 +46,7 @@ from jaxmoe.nn.init import logical_axes, split, stack_boxed, unbox
 from jaxmoe.nn.layers import init_layernorm, init_linear, layernorm, linear
 from jaxmoe.ssm.mamba import init_mamba, mamba
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from jaxmoe.models.stack import DTYPES  # noqa: E402
 NORM_EPS = 1e-5  # instance-norm variance epsilon (S-Mamba / iTransformer)
 
 

@@ -18,6 +18,18 @@ import jax.numpy as jnp
 
 LayerKind = tuple[str, str]  # (mixer, ffn), e.g. ("attn", "moe")
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def unbox_params(boxed: Any, param_dtype: str = "float32") -> Any:
+    """Plain param arrays from a boxed init, cast to ``param_dtype`` (the models' ``init``)."""
+    from jaxmoe.nn.init import unbox
+
+    params = unbox(boxed)
+    if param_dtype != "float32":
+        params = jax.tree.map(lambda a: a.astype(DTYPES[param_dtype]), params)
+    return params
+
 
 @dataclasses.dataclass(frozen=True)
 class Group:

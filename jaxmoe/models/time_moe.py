@@ -45,10 +45,10 @@ from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.moe.losses import expert_counts
 from jaxmoe.moe.router import route
 from jaxmoe.nn import attention as attn_lib
-from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed, unbox
+from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
 from jaxmoe.nn.layers import init_rmsnorm, init_swiglu, rmsnorm, swiglu
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
 HUBER_DELTA = 2.0
 
 
@@ -119,10 +119,7 @@ def init_boxed(key, cfg: ModelConfig) -> dict:
 def init(key, cfg: ModelConfig) -> dict:
     """Random params (nested dicts/lists of arrays), normal(0, init_std), biases 0, norms 1."""
     cfg = _model_cfg(cfg)
-    params = unbox(init_boxed(key, cfg))
-    if cfg.param_dtype != "float32":
-        params = jax.tree.map(lambda a: a.astype(DTYPES[cfg.param_dtype]), params)
-    return params
+    return unbox_params(init_boxed(key, cfg), cfg.param_dtype)
 
 
 def param_axes(cfg: ModelConfig) -> Any:
