@@ -161,11 +161,17 @@ def test_prepare_batch_matches_numpy():
     inputs, in_mask, targets, t_mask = jax.device_get(jax.jit(mm.prepare_batch, static_argnums=2)(values, mask, P))
     chex.assert_shape([inputs, in_mask, targets, t_mask], (3, 4, P))
     for i in range(3):
-        obs = values[i, :16][mask[i, :16] > 0]
-        z = np.where(mask[i] > 0, (values[i] - obs.mean()) / obs.std(), 0.0).reshape(5, P)
+        # whole patches of leading padding move to the end (row 1: 5 missing -> shift by 4)
+        shift = (int(np.argmax(mask[i, :16] > 0)) // P) * P
+        v = np.concatenate([values[i, shift:], np.zeros(shift, np.float32)])
+        mk = np.concatenate([mask[i, shift:], np.zeros(shift, np.float32)])
+        obs = v[:16][mk[:16] > 0]
+        z = np.where(mk > 0, (v - obs.mean()) / obs.std(), 0.0).reshape(5, P)
         np.testing.assert_allclose(inputs[i], z[:4], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(targets[i], z[1:], rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(t_mask[i], mask[i].reshape(5, P)[1:])
+        np.testing.assert_array_equal(t_mask[i], mk.reshape(5, P)[1:])
+        np.testing.assert_array_equal(in_mask[i], mk.reshape(5, P)[:4])
+    assert in_mask[1, 0, 0] == 0 and in_mask[1, 0, 1:].all() and not t_mask[1, -1].any()
 
 
 def test_loss_ignores_masked_points():

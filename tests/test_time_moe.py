@@ -72,48 +72,61 @@ def _huber(e, delta=2.0):
 
 
 def _hand_inputs(values, mask):
-    """Numpy reference of the window preparation: stats over observed inputs, forward fill."""
+    """Numpy reference of the window preparation: each row shifted to start at its first
+    observed input, stats over observed inputs, forward fill; a constant row gets no labels.
+    Returns ``(inputs, labels, label_mask, token_mask)``."""
     b, n = values.shape
     inputs = np.zeros((b, n - 1))
     labels = np.zeros((b, n - 1))
+    label_mask = np.zeros((b, n - 1))
+    token_mask = np.zeros((b, n - 1))
     for i in range(b):
-        obs = [values[i, t] for t in range(n - 1) if mask[i, t]]
+        first = next(t for t in range(n - 1) if mask[i, t])
+        v = np.concatenate([values[i, first:], np.zeros(first)])
+        m = np.concatenate([mask[i, first:], np.zeros(first)])
+        obs = [v[t] for t in range(n - 1) if m[t]]
         mean = sum(obs) / len(obs)
-        std = (sum((v - mean) ** 2 for v in obs) / len(obs)) ** 0.5
-        if std == 0:
+        std = (sum((x - mean) ** 2 for x in obs) / len(obs)) ** 0.5
+        constant = std == 0
+        if constant:
             std = 1.0
         last = None
         for t in range(n - 1):
-            if mask[i, t]:
-                last = (values[i, t] - mean) / std
+            if m[t]:
+                last = (v[t] - mean) / std
             inputs[i, t] = 0.0 if last is None else last
+        last_obs = max(t for t in range(n - 1) if m[t])
         for t in range(n - 1):
-            labels[i, t] = (values[i, t + 1] - mean) / std if mask[i, t + 1] else 0.0
-    return inputs, labels
+            label_mask[i, t] = 0.0 if constant else m[t + 1]
+            labels[i, t] = (v[t + 1] - mean) / std if label_mask[i, t] else 0.0
+            token_mask[i, t] = 0.0 if constant else float(t <= last_obs)
+    return inputs, labels, label_mask, token_mask
 
 
 def test_loss_matches_hand_computation():
     m = tiny_cfg("model.init_std=0.5")
     p = random_params(m, 1, 0.6)
     rng = np.random.default_rng(0)
-    values = rng.normal(size=(2, 7)) * 3.0 + 10.0
-    mask = np.ones((2, 7))
+    values = rng.normal(size=(3, 7)) * 3.0 + 10.0
+    mask = np.ones((3, 7))
     mask[0, 2] = 0  # a missing input
     mask[0, 6] = 0  # a missing last label
-    values[1] = 4.0  # constant series: std 0 -> only the mean is subtracted
+    values[1] = 4.0  # constant series: std 0 -> only the mean is subtracted, and no loss
     mask[1, :2] = 0  # left padding
+    mask[2, :3] = 0  # left padding: the row is shifted to start at its first observation
+    mask[2, 6] = 0  # ... and a missing last label
     values[mask == 0] = 0.0  # as the pipeline delivers them
-    inputs, labels = _hand_inputs(values, mask)
-    preds, aux = _apply(p, jnp.asarray(inputs, jnp.float32), m)
+    inputs, labels, label_mask, token_mask = _hand_inputs(values, mask)
+    preds, aux = _apply(p, jnp.asarray(inputs, jnp.float32), m, token_mask=jnp.asarray(token_mask, jnp.float32))
     preds = [np.asarray(x)[..., 0].astype(np.float64) for x in preds]
     s = inputs.shape[1]
     head_losses, branches = [], set()
     for pred, h in zip(preds, m.horizons):
         total, count = 0.0, 0
-        for b in range(2):
+        for b in range(3):
             for t in range(s):
                 for j in range(h):
-                    if t + j < s and mask[b, t + j + 1]:  # padded targets past the end never count
+                    if t + j < s and label_mask[b, t + j]:  # padded targets past the end never count
                         err = pred[b, t, j] - labels[b, t + j]
                         branches.add(abs(err) <= 2.0)
                         total += _huber(err)

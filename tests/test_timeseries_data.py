@@ -51,7 +51,7 @@ def test_window_starts():
     np.testing.assert_array_equal(window_starts(100, 32, 32), [0, 32, 64, 68])
     np.testing.assert_array_equal(window_starts(96, 32, 32), [0, 32, 64])
     np.testing.assert_array_equal(window_starts(40, 32, 4), [0, 4, 8])
-    np.testing.assert_array_equal(window_starts(10, 32, 32), [-22])
+    np.testing.assert_array_equal(window_starts(10, 32, 32), [0])  # one right-padded window
 
 
 def test_constant_segments():
@@ -94,13 +94,13 @@ def test_nan_and_inf_are_masked_and_zeroed():
     np.testing.assert_array_equal(values[~bad], series[~bad])
 
 
-def test_short_series_left_padded_and_too_short_dropped():
+def test_short_series_right_padded_and_too_short_dropped():
     short = np.arange(1.0, 11.0)
     source = WindowSource([short, np.ones(5)], context_length=31, stride=32, min_length=8)
     assert len(source) == 1 and source.num_dropped_series == 1
     window = source[0]
-    np.testing.assert_array_equal(window["mask"], [0] * 22 + [1] * 10)
-    np.testing.assert_array_equal(window["values"], [0] * 22 + list(short))
+    np.testing.assert_array_equal(window["mask"], [1] * 10 + [0] * 22)
+    np.testing.assert_array_equal(window["values"], list(short) + [0] * 22)
 
 
 def test_windows_with_fewer_than_two_observations_are_dropped():

@@ -12,7 +12,9 @@ finite observation sits and 0 elsewhere; wherever `mask` is 0, `values` is 0, so
 Windowing a series of length n with window W = context_length + 1:
 - n >= W: windows start at 0, stride, 2*stride, ...; if the last one does not end at the
   series' end, one more window aligned to the end is added (every point is covered).
-- min_length <= n < W: one window, left-padded with zeros (mask 0).
+- min_length <= n < W: one window starting at the series' first point, right-padded with
+  zeros (mask 0), as the official Time-MoE pipeline pads: under causal attention no real
+  point ever attends to padding.
 - n < min_length: the series is dropped.
 - windows with fewer than 2 observed points are dropped (they carry no training signal).
 
@@ -139,15 +141,15 @@ def constant_segment_mask(series, min_run: int, atol: float = 0.0) -> np.ndarray
 def window_starts(length: int, window: int, stride: int) -> np.ndarray:
     """Start indices of the windows over a series of `length` points.
 
-    A series shorter than the window gets one negative start (`length - window`): the
-    window is left-padded. The last window is aligned to the series' end.
+    A series shorter than the window gets one window at 0 (right-padded by the source). The
+    last window is aligned to the series' end.
     """
     if length >= window:
         starts = np.arange(0, length - window + 1, stride, dtype=np.int64)
         if starts[-1] != length - window:
             starts = np.append(starts, length - window)
         return starts
-    return np.array([length - window], dtype=np.int64)
+    return np.zeros(1, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -221,11 +223,11 @@ class WindowSource:
             raise IndexError(f"window {index} is out of range for {len(self)} windows of {self.name!r}.")
         sid, start = int(self._series_ids[index]), int(self._starts[index])
         values, mask = self._values[sid], self._masks[sid]
-        if start >= 0:
-            end = start + self.window
+        end = start + self.window
+        if end <= len(values):
             return {"values": values[start:end].copy(), "mask": mask[start:end].copy()}
-        pad = np.zeros(-start, dtype=np.float32)
-        return {"values": np.concatenate([pad, values]), "mask": np.concatenate([pad, mask])}
+        pad = np.zeros(end - len(values), dtype=np.float32)
+        return {"values": np.concatenate([values[start:], pad]), "mask": np.concatenate([mask[start:], pad])}
 
     def __repr__(self) -> str:
         return f"WindowSource({self.name!r}, series={self.num_series}, windows={len(self)}, window={self.window})"
@@ -524,7 +526,7 @@ def build_timeseries_pipeline(
       seed: seeds shuffling, mixing and the synthetic stream.
       shuffle: shuffle windows (per epoch) and the source order within mixing blocks.
       num_epochs: None = infinite; k = repeat each source k times (stops when one runs out).
-      min_length: shorter series are dropped (longer-but-short ones are left-padded).
+      min_length: shorter series are dropped (longer-but-short ones are right-padded).
       mask_constant_runs: mask constant runs of at least this many points (off by default).
       synthetic_size: number of series behind a plain "synthetic" spec.
       drop_remainder: drop a final partial batch (finite pipelines).

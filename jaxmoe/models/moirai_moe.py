@@ -80,6 +80,7 @@ import numpy as np
 
 from jaxmoe.config import Config, ConfigError, ModelConfig, MoEConfig
 from jaxmoe.models import distributions as dist
+from jaxmoe.models.series import align_to_first_observation
 from jaxmoe.models.stack import scan_group
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.moe.router import Routing
@@ -361,7 +362,8 @@ def _clean(values: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Ar
 def prepare_batch(values: jax.Array, mask: jax.Array | None, patch_size: int):
     """Window ``[batch, W]`` -> scaled ``(inputs, input_mask, targets, target_mask)``, each
     ``[batch, N - 1, P]`` with ``N = W // P`` (the first ``W mod P`` points are dropped);
-    statistics from the observed input points; unobserved points are 0."""
+    rows shifted left by their whole patches of leading padding; statistics from the observed
+    input points; unobserved points are 0."""
     values, mask = _clean(values, mask)
     w = values.shape[1]
     n = w // patch_size
@@ -369,6 +371,8 @@ def prepare_batch(values: jax.Array, mask: jax.Array | None, patch_size: int):
         raise ValueError(f"a window of {w} points holds fewer than two patches of {patch_size}.")
     values, mask = values[:, w - n * patch_size:], mask[:, w - n * patch_size:]
     ctx = (n - 1) * patch_size
+    # whole patches of leading padding become trailing padding (see align_to_first_observation)
+    values, mask = align_to_first_observation(values, mask, ctx, multiple=patch_size)
     loc, scale = scale_stats(values[:, :ctx], mask[:, :ctx])
     z = jnp.where(mask > 0, (values - loc) / scale, 0.0)
     zp, mp = patchify(z, patch_size), patchify(mask, patch_size)

@@ -13,7 +13,8 @@ Hugging Face ``TimeMoeForPrediction`` model:
 - final RMSNorm and one linear head per horizon ``h`` in ``model.horizons``,
   ``[embed, input_size * h]`` (output index ``j * input_size + c`` = step ``j``, channel ``c``).
 
-Loss (:func:`loss_fn`): per window z-normalisation over the observed input points, Huber
+Loss (:func:`loss_fn`): windows aligned to their first observation, per window
+z-normalisation over the observed input points, Huber
 (delta 2) over every head with right-padded/unfolded targets and masks, averaged over
 heads, plus ``model.aux_loss_coef`` (0.02) times the Switch-style balance loss over the
 router logits of all layers concatenated (:func:`time_moe_aux_loss`).
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmoe.config import Config, ConfigError, ModelConfig, MoEConfig
+from jaxmoe.models.series import align_to_first_observation
 from jaxmoe.models.stack import scan_group
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.moe.losses import expert_counts
@@ -160,7 +162,8 @@ def embed_points(params, x: jax.Array, dtype) -> jax.Array:
     return jax.nn.silu(x @ params["gate"].astype(dtype)) * (x @ params["emb"].astype(dtype))
 
 
-def _block(p, h, cfg: ModelConfig, mcfg: MoEConfig, positions, layer_cache, cache_index, expert_mask, force_mask):
+def _block(p, h, cfg: ModelConfig, mcfg: MoEConfig, positions, layer_cache, cache_index, expert_mask, force_mask,
+           valid=None):
     x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
     y, new_cache = attn_lib.attention(p["mixer"], x, positions, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps,
                                       cache=layer_cache, cache_index=cache_index, impl=cfg.attention_impl)
@@ -171,9 +174,13 @@ def _block(p, h, cfg: ModelConfig, mcfg: MoEConfig, positions, layer_cache, cach
     b, s, d = x.shape
     routing = route(p["ffn"]["router"], x.reshape(b * s, d), mcfg, expert_mask=expert_mask, force_mask=force_mask)
     y, _ = moe(p["ffn"], x, mcfg, routing=routing)
-    stats = {"counts": expert_counts(routing.expert_ids, mcfg.num_experts),
-             "prob_mean": routing.probs.astype(jnp.float32).mean(0),
-             "expert_ids": routing.expert_ids}
+    probs = routing.probs.astype(jnp.float32)
+    if valid is None:
+        counts, prob_mean = expert_counts(routing.expert_ids, mcfg.num_experts), probs.mean(0)
+    else:  # [T] token weights: padding and degenerate windows take no part in the statistics
+        counts = expert_counts(routing.expert_ids, mcfg.num_experts, valid[:, None])
+        prob_mean = (probs * valid[:, None]).sum(0) / jnp.maximum(valid.sum(), 1.0)
+    stats = {"counts": counts, "prob_mean": prob_mean, "expert_ids": routing.expert_ids}
     return h + y, new_cache, stats
 
 
@@ -193,13 +200,16 @@ def time_moe_aux_loss(counts: jax.Array, prob_mean: jax.Array, tokens_per_layer:
 
 
 def trunk(params, x: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
-          expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None):
+          expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None,
+          token_mask: jax.Array | None = None):
     """Embedding + blocks + final norm.
 
     Args:
       x: ``[batch, seq]`` or ``[batch, seq, input_size]`` (already normalised, no NaNs).
       cache: optional :func:`init_cache` cache; ``x`` is written at ``cache["index"]``.
       expert_mask / force_mask: optional ``[layers, experts]`` bool router inputs.
+      token_mask: optional ``[batch, seq]`` weights of the tokens in the routing statistics
+        (the balance loss and the load); default all 1.
     Returns ``(hidden [batch, seq, embed], aux, new_cache)``; aux has ``aux_loss`` (the
     unweighted Time-MoE balance loss), ``load [layers, experts]`` (fraction of picks),
     ``counts``, ``prob_mean`` and ``expert_ids [layers, batch*seq, k]`` (MoE only).
@@ -213,10 +223,12 @@ def trunk(params, x: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
     index = cache["index"] if cache is not None else jnp.zeros((), jnp.int32)
     positions = jnp.broadcast_to(index + jnp.arange(s, dtype=jnp.int32), (b, s))
     h = embed_points(params["embed"], x, dt)
+    valid = None if token_mask is None else token_mask.reshape(b * s).astype(jnp.float32)
+    tokens = b * s if valid is None else jnp.maximum(valid.sum(), 1.0)
 
     def body(h, xs):
         lp, lc, em, fm = xs
-        h, c, stats = _block(lp, h, cfg, mcfg, positions, lc, index, em, fm)
+        h, c, stats = _block(lp, h, cfg, mcfg, positions, lc, index, em, fm, valid)
         return h, (c, stats)
 
     layer_cache = cache["layers"] if cache is not None else None
@@ -227,7 +239,7 @@ def trunk(params, x: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
         aux = {"aux_loss": zero, "load": jnp.zeros((0, cfg.moe.num_experts)), "expert_ids": None}
     else:
         counts = stats["counts"]
-        aux = {"aux_loss": time_moe_aux_loss(counts, stats["prob_mean"], b * s),
+        aux = {"aux_loss": time_moe_aux_loss(counts, stats["prob_mean"], tokens),
                "load": counts / jnp.maximum(counts.sum(-1, keepdims=True), 1.0),
                "counts": counts, "prob_mean": stats["prob_mean"], "expert_ids": stats["expert_ids"]}
     new_cache = None if cache is None else {"index": index + s, "layers": new_layers}
@@ -244,14 +256,15 @@ def apply_head(params, hidden: jax.Array, cfg: ModelConfig, head: int) -> jax.Ar
 
 def forward(params, x: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
             expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None,
-            return_hidden: bool = False):
+            token_mask: jax.Array | None = None, return_hidden: bool = False):
     """Full forward: ``x [batch, seq(, input_size)]`` -> ``(predictions, aux, new_cache)``.
 
     ``predictions`` is a list over ``model.horizons`` of fp32 ``[batch, seq, h, input_size]``:
     entry ``[:, t, j]`` forecasts step ``t + 1 + j``.
     """
     cfg = _model_cfg(cfg)
-    hidden, aux, new_cache = trunk(params, x, cfg, cache=cache, expert_mask=expert_mask, force_mask=force_mask)
+    hidden, aux, new_cache = trunk(params, x, cfg, cache=cache, expert_mask=expert_mask, force_mask=force_mask,
+                                   token_mask=token_mask)
     preds = [apply_head(params, hidden, cfg, i) for i in range(len(cfg.horizons))]
     if return_hidden:
         aux["hidden"] = hidden
@@ -271,13 +284,25 @@ def _channels(a: jax.Array) -> jax.Array:
     return a[..., None] if a.ndim == 2 else a
 
 
-def normalize(values: jax.Array, mask: jax.Array, context: jax.Array | None = None):
+def _series_stats(cv: jax.Array, cm: jax.Array):
+    """Mean, population std and a "constant" flag of the observed points of ``cv`` (time axis 1)."""
+    cv = jnp.where(cm > 0, cv, 0.0)
+    n = jnp.maximum(cm.sum(1, keepdims=True), 1.0)
+    mean = cv.sum(1, keepdims=True) / n
+    var = (cm * (cv - mean) ** 2).sum(1, keepdims=True) / n
+    std = jnp.sqrt(var)
+    constant = (std == 0) | (std <= 1e-6 * jnp.abs(mean))
+    return mean, jnp.where(constant, 1.0, std), constant
+
+
+def normalize(values: jax.Array, mask: jax.Array, context: jax.Array | None = None, *, return_constant: bool = False):
     """Per-series z-score: ``values [batch, seq(, C)]``, ``mask`` same (1 = observed).
 
     Statistics (mean, population std) come from the observed points of ``context``
     (default: ``values`` itself) along the time axis; where the std is 0 (a constant
     series, up to float32 rounding) only the mean is subtracted.
-    Returns ``(normalised [batch, seq, C], mean [batch, 1, C], std [batch, 1, C])`` fp32.
+    Returns ``(normalised [batch, seq, C], mean [batch, 1, C], std [batch, 1, C])`` fp32,
+    plus the bool ``constant [batch, 1, C]`` flags with ``return_constant``.
     """
     values = _channels(values).astype(jnp.float32)
     mask = jnp.broadcast_to(_channels(mask), values.shape).astype(jnp.float32)
@@ -287,14 +312,9 @@ def normalize(values: jax.Array, mask: jax.Array, context: jax.Array | None = No
         cv, cm = context
         cv = _channels(cv).astype(jnp.float32)
         cm = jnp.broadcast_to(_channels(cm), cv.shape).astype(jnp.float32)
-    cv = jnp.where(cm > 0, cv, 0.0)
-    n = jnp.maximum(cm.sum(1, keepdims=True), 1.0)
-    mean = cv.sum(1, keepdims=True) / n
-    var = (cm * (cv - mean) ** 2).sum(1, keepdims=True) / n
-    std = jnp.sqrt(var)
-    constant = (std == 0) | (std <= 1e-6 * jnp.abs(mean))
-    std = jnp.where(constant, 1.0, std)
-    return (jnp.where(mask > 0, values, 0.0) - mean) / std, mean, std
+    mean, std, constant = _series_stats(cv, cm)
+    out = (jnp.where(mask > 0, values, 0.0) - mean) / std
+    return (out, mean, std, constant) if return_constant else (out, mean, std)
 
 
 def fill_missing(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -345,12 +365,20 @@ def multi_horizon_loss(preds: list[jax.Array], labels: jax.Array, mask: jax.Arra
     return sum(per_head) / len(per_head), per_head
 
 
-def prepare_batch(values: jax.Array, mask: jax.Array | None):
+def prepare_windows(values: jax.Array, mask: jax.Array | None) -> dict:
     """Window ``[batch, seq+1(, C)]`` -> normalised, gap-filled inputs and labels.
 
-    Statistics come from the observed *input* points (``values[:, :-1]``); inputs are
-    forward-filled where unobserved; labels are 0 where unobserved (and masked).
-    Returns ``(inputs [b, s, C], labels [b, s, C], label_mask [b, s, C])``.
+    Each row is first shifted so that it starts at its first observed input point
+    (:func:`~jaxmoe.models.series.align_to_first_observation`: leading padding becomes
+    trailing padding). Statistics come from the observed *input* points
+    (``values[:, :-1]``); inputs are forward-filled where unobserved; labels are 0 where
+    unobserved (and masked). A window whose observed inputs are constant (in a channel)
+    normalises to exact zeros and carries nothing to learn: its labels are masked.
+
+    Returns ``{"inputs", "labels", "label_mask": [b, s, C], "token_mask": [b, s]}``;
+    ``token_mask`` is 1 at the positions that carry information (from the first to the last
+    observed input of a non-constant window); only these count in the balance loss, so
+    padding and degenerate windows take no part in training at all.
     """
     values = _channels(values).astype(jnp.float32)
     if mask is None:
@@ -358,11 +386,22 @@ def prepare_batch(values: jax.Array, mask: jax.Array | None):
     mask = jnp.broadcast_to(_channels(mask), values.shape).astype(jnp.float32)
     mask = jnp.where(jnp.isfinite(values), mask, 0.0)
     values = jnp.where(mask > 0, values, 0.0)
-    normed, _, _ = normalize(values, mask, context=(values[:, :-1], mask[:, :-1]))
+    values, mask = align_to_first_observation(values, mask, values.shape[1] - 1)
+    normed, _, _, constant = normalize(values, mask, context=(values[:, :-1], mask[:, :-1]), return_constant=True)
     inputs = fill_missing(normed[:, :-1], mask[:, :-1])
-    label_mask = mask[:, 1:]
+    label_mask = mask[:, 1:] * (~constant).astype(jnp.float32)
     labels = jnp.where(label_mask > 0, normed[:, 1:], 0.0)
-    return inputs, labels, label_mask
+    seen = mask[:, :-1].max(-1) > 0  # [b, s]
+    before_last = jnp.flip(jax.lax.cummax(jnp.flip(seen, 1).astype(jnp.int32), axis=1), 1) > 0
+    informative = ~constant.any(-1)  # [b, 1]
+    token_mask = (before_last & informative).astype(jnp.float32)
+    return {"inputs": inputs, "labels": labels, "label_mask": label_mask, "token_mask": token_mask}
+
+
+def prepare_batch(values: jax.Array, mask: jax.Array | None):
+    """:func:`prepare_windows` as a tuple ``(inputs, labels, label_mask)``."""
+    w = prepare_windows(values, mask)
+    return w["inputs"], w["labels"], w["label_mask"]
 
 
 def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
@@ -373,9 +412,9 @@ def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None)
     """
     del rng
     cfg = _model_cfg(cfg)
-    inputs, labels, label_mask = prepare_batch(batch["values"], batch.get("mask"))
-    preds, aux = apply(params, inputs, cfg)
-    ar, per_head = multi_horizon_loss(preds, labels, label_mask, cfg.horizons)
+    w = prepare_windows(batch["values"], batch.get("mask"))
+    preds, aux = apply(params, w["inputs"], cfg, token_mask=w["token_mask"])
+    ar, per_head = multi_horizon_loss(preds, w["labels"], w["label_mask"], cfg.horizons)
     loss = ar
     metrics = {"ar_loss": ar}
     for h, l in zip(cfg.horizons, per_head):
