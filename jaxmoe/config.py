@@ -193,6 +193,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     spike_factor: float = 3.0  # log a loss spike when loss > spike_factor x running mean (0 = off)
+    plateau_window: int = 100  # after warmup, warn when loss or router load did not move over this many steps (0 = off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,6 +475,7 @@ def validate(cfg: Config) -> None:
     _check(t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end).")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1.")
     _check(t.max_consecutive_skips >= 1, "train.max_consecutive_skips must be >= 1.")
+    _check(t.plateau_window >= 0, f"train.plateau_window={t.plateau_window} must be >= 0 (0 = off).")
     _check(t.spike_factor == 0 or t.spike_factor > 1,
            f"train.spike_factor={t.spike_factor} must be 0 (off) or greater than 1.")
     if m.family == "time_moe":

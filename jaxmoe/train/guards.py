@@ -48,6 +48,66 @@ class SpikeDetector:
         return list(self.history)
 
 
+def load_entropy(load: np.ndarray) -> list[float]:
+    """Normalised entropy of the router load per layer, ``load [layers, experts]`` (fractions
+    of assignments): 1 = perfectly even, 0 = every token on one expert."""
+    load = np.asarray(load, dtype=np.float64)
+    if load.ndim != 2 or load.shape[1] < 2:
+        return []
+    p = load / np.maximum(load.sum(-1, keepdims=True), 1e-12)
+    ent = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(-1)
+    return [float(x) for x in ent / math.log(load.shape[1])]
+
+
+class HealthMonitor:
+    """One-line warnings that a run is not learning, checked after warmup over the last
+    ``window`` steps: the loss has not moved by ``min_change`` (relative change between the
+    means of the first and last fifth of the window), or the router load matrix has not
+    moved (largest change of an expert's share between the means of the first and last fifth
+    of the window's snapshots below ``load_tol``). Each warns once per run;
+    ``window <= 0`` disables both."""
+
+    def __init__(self, warmup: int, window: int, min_change: float = 0.01, load_tol: float = 1e-3):
+        self.start = int(warmup)
+        self.window = int(window)
+        self.min_change = float(min_change)
+        self.load_tol = float(load_tol)
+        self.losses: collections.deque = collections.deque(maxlen=max(self.window, 1))
+        self.loads: collections.deque = collections.deque()
+        self.warned: set[str] = set()
+
+    def update(self, step: int, loss: float | None = None, load: np.ndarray | None = None) -> list[str]:
+        if self.window <= 0 or step <= self.start:
+            return []
+        out = []
+        if loss is not None and math.isfinite(loss):
+            self.losses.append(float(loss))
+            if "loss" not in self.warned and len(self.losses) == self.window:
+                k = max(1, self.window // 5)
+                xs = list(self.losses)
+                first, last = sum(xs[:k]) / k, sum(xs[-k:]) / k
+                if abs(last - first) <= self.min_change * max(abs(first), 1e-12):
+                    self.warned.add("loss")
+                    out.append(f"step {step}: the loss has not moved by {100 * self.min_change:g}% over the last "
+                               f"{self.window} steps ({first:.4g} -> {last:.4g}); the run may not be learning "
+                               "(check grad_norm and skipped in metrics.jsonl, the learning rate and train.grad_clip).")
+        if load is not None and np.size(load):
+            self.loads.append((step, np.asarray(load, dtype=np.float64)))
+            while self.loads and self.loads[0][0] < step - self.window:
+                self.loads.popleft()
+            s0 = self.loads[0][0]
+            shapes = {x.shape for _, x in self.loads}
+            if "load" not in self.warned and step - s0 >= self.window * 0.9 and len(shapes) == 1:
+                k = max(1, len(self.loads) // 5)  # means of the first and last fifth: batch noise averages out
+                snaps = [x for _, x in self.loads]
+                change = float(np.max(np.abs(np.mean(snaps[-k:], 0) - np.mean(snaps[:k], 0))))
+                if change < self.load_tol:
+                    self.warned.add("load")
+                    out.append(f"step {step}: the router load has not moved over the last {step - s0} steps (largest "
+                               f"change {change:.2g}); the routers may not be learning.")
+        return out
+
+
 def leaf_names(tree) -> list[str]:
     """Dotted names of the leaves of ``tree`` in flatten order (``groups.0.0.ffn.router.kernel``)."""
     names = []
@@ -101,26 +161,30 @@ def nonfinite_batch_fields(batch: dict) -> list[str]:
     return out
 
 
-def describe_nonfinite(loss: float, leaf_index: int, params: Any, batch: dict) -> str:
+def describe_nonfinite(loss: float, leaf_index: int, params: Any, batch: dict, grad_norm: float | None = None,
+                       leaf_max: float | None = None) -> str:
     """What was not finite in a skipped step, as a clause for one-sentence messages:
-    the loss, the first parameter (in flatten order) whose gradient is not finite, and the
-    batch arrays holding NaN/inf."""
+    the loss, the gradient norm with the leaf holding the largest (or a non-finite)
+    gradient, and the batch arrays holding NaN/inf."""
     bad = nonfinite_batch_fields(batch)
-    first = leaf_names(params)[leaf_index] if leaf_index >= 0 else None
+    worst = leaf_names(params)[leaf_index] if leaf_index >= 0 else None
+    leaf_bad = worst is not None and (leaf_max is None or not math.isfinite(leaf_max))  # no value given: non-finite
     if not math.isfinite(loss):
         what = f"the loss is {loss}"
-        if not bad and first is not None:
-            what += f" (first non-finite gradient: {first})"
-    elif first is not None:
-        what = f"the gradient of {first} is not finite (loss {loss:.4g})"
+        if not bad and leaf_bad:
+            what += f" (first non-finite gradient: {worst})"
+    elif leaf_bad:
+        what = f"the gradient of {worst} is not finite (loss {loss:.4g})"
+    elif grad_norm is not None and not math.isfinite(grad_norm):
+        what = f"the gradient norm overflows float32"
+        if worst is not None and leaf_max is not None:
+            what += f" (largest |gradient| {leaf_max:.3g} in {worst})"
+        what += f" (loss {loss:.4g})"
     else:
         what = "the loss or gradients are not finite"
     if bad:
         what += f" and the batch holds NaN/inf in {', '.join(repr(b) for b in bad)}"
     return what
-
-
-# ----------------------------------------------------------------------------- time series
 
 
 def check_series(values: np.ndarray, name: str) -> None:

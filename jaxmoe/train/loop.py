@@ -28,7 +28,7 @@ from jaxmoe.parallel import mesh as mesh_lib
 from jaxmoe.parallel import sharding as shard_lib
 from jaxmoe.train import checkpoint as ckpt
 from jaxmoe.train.faults import FaultInjector
-from jaxmoe.train.guards import SpikeDetector, check_series_sources, describe_nonfinite
+from jaxmoe.train.guards import HealthMonitor, SpikeDetector, check_series_sources, describe_nonfinite, load_entropy
 from jaxmoe.train.metrics import JsonlWriter, plot_expert_load, plot_training, read_jsonl, truncate_after_step
 from jaxmoe.train.optimizer import learning_rate_schedule, make_optimizer
 from jaxmoe.train.state import TrainState
@@ -95,12 +95,23 @@ def evaluate(eval_step, params, pipeline, num_batches: int) -> float | None:
     return float(np.mean(losses)) if losses else None
 
 
+@functools.lru_cache(maxsize=4)
+def _leaf_names_cached(treedef) -> tuple:
+    from jaxmoe.train.guards import leaf_names
+
+    return tuple(leaf_names(jax.tree.unflatten(treedef, [0] * treedef.num_leaves)))
+
+
+def _leaf_name(params, index: int) -> str:
+    return _leaf_names_cached(jax.tree.structure(params))[index]
+
+
 def _step_relevant(tcfg):
     """The train config with fields that do not affect the jitted step normalised away."""
     return dataclasses.replace(tcfg, output_dir="", seed=0, batch_size=1, log_every=1, eval_every=0,
                                eval_batches=1, checkpoint_every=0, keep_checkpoints=1, progress=False,
                                tensorboard=False, nonfinite_policy="skip", max_consecutive_skips=1,
-                               spike_factor=0.0)
+                               spike_factor=0.0, plateau_window=0)
 
 
 def _under_mesh(fn, mesh, mesh_cfg):
@@ -213,7 +224,9 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
         writer = TeeWriter(writer, EventWriter(run_dir / "tensorboard"))
     start = int(state.step)
     summary: dict[str, Any] = {"run_dir": str(run_dir.absolute()), "start_step": start, "interrupted": False,
-                               "skipped_steps": 0, "loss_spikes": 0}
+                               "skipped_steps": 0, "loss_spikes": 0, "max_grad_norm": None}
+    health = HealthMonitor(tcfg.warmup_steps, tcfg.plateau_window)
+    max_norm = -math.inf
     best_eval = math.inf
     last_saved = start if (resume and latest is not None) else -1
     stopper = _StopRequest()
@@ -248,9 +261,13 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                 tokens_since += task.tokens_per_batch
                 skipped = int(metrics["skipped"])
                 loss_now = float(metrics["loss"])
+                norm_now = float(metrics["grad_norm"])
+                if not (norm_now <= max_norm):  # NaN and inf count as the largest
+                    max_norm = norm_now
                 if skipped:
                     summary["skipped_steps"] += 1
-                    what = describe_nonfinite(loss_now, int(metrics["nonfinite_leaf"]), state.params, batch)
+                    what = describe_nonfinite(loss_now, int(metrics["worst_leaf"]), state.params, batch, norm_now,
+                                              float(metrics["worst_leaf_max"]))
                     if tcfg.nonfinite_policy == "stop":
                         latest_good = manager.latest_step()
                         raise TrainingError(
@@ -263,6 +280,8 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                                             f"(last at step {done}: {what}); stopping. Check the data and learning "
                                             "rate.")
                 spike_mean = None if skipped else spikes.update(loss_now)
+                for message in health.update(done, None if skipped else loss_now):
+                    log.warning("%s", message)
                 if spike_mean is not None:
                     summary["loss_spikes"] += 1
                     log.warning("step %d: loss spike: %.4g is more than %g x the running mean %.4g", done, loss_now,
@@ -271,17 +290,25 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                     m = jax.device_get(metrics)
                     now = time.perf_counter()
                     record = {"step": done, "tokens_per_sec": tokens_since / max(now - t_last, 1e-9)}
-                    m.pop("nonfinite_leaf", None)
+                    worst = int(m.pop("worst_leaf", -1))
+                    worst_max = float(m.pop("worst_leaf_max", 0.0))
                     if spike_mean is not None:
                         record["loss_spike"] = True
                     for k, v in m.items():
                         if k == "load":
                             last_load = np.asarray(v)
+                            record["load_entropy"] = load_entropy(last_load)
+                            for message in health.update(done, load=last_load):
+                                log.warning("%s", message)
                         else:
                             record[k] = v
+                    if worst >= 0:
+                        record["worst_grad_leaf"] = _leaf_name(state.params, worst)
+                        record["worst_grad_max"] = worst_max
                     writer.write(record)
                     bar.set_postfix(loss=f"{float(m['loss']):.4f}", tok_s=f"{record['tokens_per_sec']:.0f}",
-                                    max_load=f"{float(m.get('max_load', 0.0)):.2f}", refresh=False)
+                                    max_load=f"{float(m.get('max_load', 0.0)):.2f}", gnorm=f"{norm_now:.3g}",
+                                    max_gnorm=f"{max_norm:.3g}", skipped=summary["skipped_steps"], refresh=False)
                     t_last, tokens_since = now, 0
                 bar.update(1)
                 if faults:
@@ -322,6 +349,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "best_eval_loss": None if math.isinf(best_eval) else best_eval,
+        "max_grad_norm": None if max_norm == -math.inf else (max_norm if math.isfinite(max_norm) else str(max_norm)),
         "checkpoint": str(ckpt.checkpoint_dir(run_dir) / str(last_saved)) if last_saved >= 0 else None,
     })
     try:

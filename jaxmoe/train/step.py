@@ -8,36 +8,39 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmoe.train.guards import first_nonfinite_leaf
+from jaxmoe.train.optimizer import leaf_max_abs, safe_global_norm
 from jaxmoe.train.state import TrainState
-
-
-def _tree_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable | None = None):
     """``step(state, batch) -> (state, metrics)``.
 
-    A step whose loss or gradients are not finite is skipped: params and optimizer state
-    are kept, ``metrics["skipped"] = 1`` and ``state.skipped`` counts consecutive skips.
+    A step whose loss or global gradient norm is not finite (a NaN/inf leaf, or a norm past
+    float32's range) is skipped: params and optimizer state are kept, ``metrics["skipped"] =
+    1`` and ``state.skipped`` counts consecutive skips. The norm is computed without overflow
+    (:func:`~jaxmoe.train.optimizer.safe_global_norm`), so a finite but huge leaf is clipped
+    correctly, never silently zeroed. Health metrics: ``grad_norm``, ``update_ratio`` (norm of
+    the applied update / norm of the params), ``worst_leaf`` (flatten index of the gradient
+    leaf with the largest ``|g|``, NaN/inf first) and ``worst_leaf_max`` (that ``|g|``).
     """
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-        finite = jnp.isfinite(loss) & _tree_finite(grads)
+        leaf_max = leaf_max_abs(grads)
+        grad_norm = safe_global_norm(grads, leaf_max)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def apply(args):
             params, opt_state, grads = args
             updates, new_opt = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), new_opt
+            ratio = safe_global_norm(updates) / jnp.maximum(safe_global_norm(params), 1e-12)
+            return optax.apply_updates(params, updates), new_opt, ratio
 
         # a branch instead of a select per leaf: the update fuses into one pass over params and
         # optimizer state, and a skipped step costs nothing (no read of new and old states)
-        new_params, new_opt = jax.lax.cond(finite, apply, lambda args: (args[0], args[1]),
-                                           (state.params, state.opt_state, grads))
+        new_params, new_opt, ratio = jax.lax.cond(finite, apply, lambda args: (args[0], args[1], jnp.float32(0.0)),
+                                                  (state.params, state.opt_state, grads))
         new_state = state.replace(
             step=state.step + 1,
             params=new_params,
@@ -46,9 +49,12 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
         )
         metrics = dict(metrics)
         metrics["loss"] = loss
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["grad_norm"] = grad_norm
+        metrics["update_ratio"] = ratio
         metrics["skipped"] = (~finite).astype(jnp.int32)
-        metrics["nonfinite_leaf"] = first_nonfinite_leaf(grads)  # -1, or the first bad gradient (params order)
+        badness = jnp.where(jnp.isfinite(leaf_max), leaf_max, jnp.inf)  # NaN/inf leaves rank first
+        metrics["worst_leaf"] = (jnp.argmax(badness) if badness.shape[0] else jnp.int32(-1)).astype(jnp.int32)
+        metrics["worst_leaf_max"] = jnp.max(leaf_max) if leaf_max.shape[0] else jnp.float32(0.0)
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         return new_state, metrics
