@@ -192,3 +192,31 @@ def test_block_table_env_override(monkeypatch):
     assert G.pallas_blocks("dx", 512, 1024) == dict(block_m=64, block_n=128, block_k=64, max_concurrent_steps=3,
                                                     grid_block_n=4)
     assert G.pallas_blocks("fwd", 512, 1024)["block_m"] in (64, 128, 192)
+
+
+# --- GPU guards that run anywhere -------------------------------------------------------
+
+
+def test_fit_smem_shrinks_fp32_blocks_and_keeps_bf16():
+    from jaxmoe.moe.gmm import DEFAULT_FWD, HOPPER_SMEM_BYTES, PALLAS_BLOCKS, fit_smem, smem_bytes
+
+    assert smem_bytes(DEFAULT_FWD, 4) == 262144  # the H200 refused 262,176 bytes (tiles + barriers)
+    for cfg in [DEFAULT_FWD, *PALLAS_BLOCKS.values()]:
+        assert fit_smem(cfg, 2) == cfg  # the tuned bf16 blocks already fit: unchanged
+        small = fit_smem(cfg, 4)
+        assert smem_bytes(small, 4) <= HOPPER_SMEM_BYTES - 1024
+        assert small["block_m"] == cfg["block_m"] and small["block_n"] == cfg["block_n"]
+
+
+def test_xla_backend_refused_on_gpu_when_dense_lowering_does_not_fit(monkeypatch):
+    from jaxmoe.config import ConfigError
+    from jaxmoe.moe import gmm as G
+
+    monkeypatch.setattr(G, "_platform", lambda: "gpu")
+    monkeypatch.setattr(G, "_device_memory_bytes", lambda: 139 * 2 ** 30)
+    # bench_moe_1b: 8 x 2048 tokens x top-8 rows, 64 experts, embed 1024 -> expert ffn 512, bf16
+    with pytest.raises(ConfigError, match=r"about 24\.0 GiB .*gmm_backend=auto"):
+        G.check_xla_fits(131072, 1024, 512, 64, 2)
+    G.check_xla_fits(131072, 384, 768, 8, 4)  # Time-MoE-50M at batch 64, fp32: 4.5 GiB, fine
+    monkeypatch.setattr(G, "_platform", lambda: "cpu")
+    G.check_xla_fits(131072, 1024, 512, 64, 2)  # CPU lowers ragged_dot sparsely: never refused

@@ -20,6 +20,10 @@ padded backends (:func:`padded_gmm`) pad rows/K/N with zeros and append one all-
 group that owns every row past ``sum(group_sizes)`` (padded rows belong to no real
 group), so the kernels always see fully covered rows and rows past the groups come out 0.
 
+On a GPU, ``xla`` is refused in one line where its dense lowering would not fit
+(:func:`check_xla_fits`); ``pallas_mgpu`` shrinks its blocks to fit shared memory for 4-byte
+types and falls back to ``xla`` (one warning) if the kernels still do not build.
+
 ``auto`` picks by platform and chip (:func:`auto_backend`); the config's
 ``model.moe.gmm_backend`` chooses explicitly and the environment variable
 ``JAXMOE_GMM_BACKEND`` overrides both. Rows past ``sum(group_sizes)`` produce zeros.
@@ -305,16 +309,78 @@ def _mgpu_vjp(fwd_cfg: tuple, dx_cfg: tuple, dw_cfg: tuple) -> Callable:
     return make_vjp_gmm(Kernels(_mgpu_fwd(dict(fwd_cfg)), _mgpu_dx(dict(dx_cfg)), _mgpu_dw(dict(dw_cfg))))
 
 
+# Shared memory per thread block on Hopper (H100/H200: 227 KiB usable), less a margin for
+# the kernels' barriers.
+HOPPER_SMEM_BYTES = 232448
+_SMEM_MARGIN = 1024
+
+
+def smem_bytes(cfg: dict, itemsize: int) -> int:
+    """Shared memory of one Mosaic-GPU ragged-dot block: ``max_concurrent_steps`` pipelined
+    pairs of lhs ``[block_m, block_k]`` and rhs ``[block_k, block_n]`` tiles (the H200
+    reported 262,176 bytes for fp32 with 128/128/64/4: 262,144 of tiles + barriers)."""
+    return cfg["max_concurrent_steps"] * (cfg["block_m"] * cfg["block_k"] + cfg["block_k"] * cfg["block_n"]) * itemsize
+
+
+def fit_smem(cfg: dict, itemsize: int, budget: int = HOPPER_SMEM_BYTES - _SMEM_MARGIN) -> dict:
+    """``cfg`` with fewer pipelined steps (then a smaller ``block_k``) until its tiles fit
+    ``budget`` bytes of shared memory: the bf16-tuned blocks overflow it for 4-byte types."""
+    cfg = dict(cfg)
+    while smem_bytes(cfg, itemsize) > budget:
+        if cfg["max_concurrent_steps"] > 2:
+            cfg["max_concurrent_steps"] -= 1
+        elif cfg["block_k"] > 32:
+            cfg["block_k"] //= 2
+        else:
+            break
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _mgpu_compiles(dtype_name: str, fwd_cfg: tuple, dx_cfg: tuple, dw_cfg: tuple) -> str | None:
+    """Compile the three kernels once on a small problem with these blocks and dtype; None
+    when they build, else the reason (one line)."""
+    fwd, dx, dw = dict(fwd_cfg), dict(dx_cfg), dict(dw_cfg)
+    k = math.lcm(fwd["block_k"], dx["block_n"], dw["block_m"])
+    n = math.lcm(fwd["block_n"], dx["block_k"], dw["block_n"])
+    m = _round_up(max(fwd["block_m"], dx["block_m"], dw["block_k"]), dw["block_k"]) * 2
+    fn = _mgpu_vjp(fwd_cfg, dx_cfg, dw_cfg)
+    dt = jnp.dtype(dtype_name)
+
+    def loss(lhs, rhs, gs):
+        return fn(lhs, rhs, gs).astype(jnp.float32).sum()
+
+    try:
+        jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
+            jax.ShapeDtypeStruct((m, k), dt), jax.ShapeDtypeStruct((2, k, n), dt),
+            jax.ShapeDtypeStruct((2,), jnp.int32)).compile()
+    except Exception as e:  # a Mosaic lowering error: the kernel cannot run this dtype/blocks here
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return None
+
+
 def pallas_mgpu_gmm(lhs, rhs, group_sizes, fwd_cfg: dict | None = None, dx_cfg: dict | None = None,
                     dw_cfg: dict | None = None):
-    """Hopper grouped matmul (see module docstring); explicit block configs for tuning."""
+    """Hopper grouped matmul (see module docstring); explicit block configs for tuning.
+
+    Block configs are shrunk to fit shared memory for the operand dtype (:func:`fit_smem`);
+    if the kernels still do not build for it (checked once per dtype and blocks), the call
+    falls back to ``xla`` with a one-line warning."""
     m, k = lhs.shape
     e, _, n = rhs.shape
     if _small(m, e):
         return gather_gmm(lhs, rhs, group_sizes)
-    fwd_cfg = fwd_cfg or pallas_blocks("fwd", k, n)
-    dx_cfg = dx_cfg or pallas_blocks("dx", n, k)
-    dw_cfg = dw_cfg or pallas_blocks("dw", k, n)
+    size = jnp.dtype(lhs.dtype).itemsize
+    fwd_cfg = fit_smem(fwd_cfg or pallas_blocks("fwd", k, n), size)
+    dx_cfg = fit_smem(dx_cfg or pallas_blocks("dx", n, k), size)
+    dw_cfg = fit_smem(dw_cfg or pallas_blocks("dw", k, n), size)
+    if size != 2 and _platform() == "gpu":
+        keys = tuple(tuple(sorted(c.items())) for c in (fwd_cfg, dx_cfg, dw_cfg))
+        reason = _mgpu_compiles(jnp.dtype(lhs.dtype).name, *keys)
+        if reason is not None:
+            _warn_once(f"grouped matmul: pallas_mgpu does not build for {jnp.dtype(lhs.dtype).name} operands here "
+                       f"({reason}); using xla for them.")
+            return gmm_xla_checked(lhs, rhs, group_sizes)
     # fwd contracts K (block_k) and writes N (block_n); dx contracts N and writes K; dw
     # tiles K with block_m, N with block_n and the rows with block_k. fwd/dx store partial
     # row blocks, so rows only need dw's alignment and at least one row block.
@@ -366,6 +432,52 @@ def megablox_gmm(lhs, rhs, group_sizes, tiling: tuple = MEGABLOX_TILING):
 # ----------------------------------------------------------------------------- entry
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    import logging
+
+    logging.getLogger("jaxmoe").warning("%s", message)
+
+
+def _device_memory_bytes() -> int | None:
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # no stats on this platform
+        return None
+    return stats.get("bytes_limit") or None
+
+
+def xla_dense_bytes(m: int, k: int, n: int, e: int, itemsize: int) -> int:
+    """Temporaries of XLA's GPU lowering of one ``ragged_dot``: a dense masked product over
+    all ``e`` groups, ``[m, e*k]`` inputs and ``[m, e*n]`` partial outputs."""
+    return m * e * (k + n) * itemsize
+
+
+def check_xla_fits(m: int, k: int, n: int, e: int, itemsize: int, fraction: float = 0.125) -> None:
+    """On a GPU, refuse in one line (with the estimate) a ``xla`` grouped matmul whose dense
+    lowering needs more than ``fraction`` of the device's memory, instead of an allocator
+    crash deep inside the step (several such products are alive at once in a train step)."""
+    if _platform() != "gpu":
+        return
+    limit = _device_memory_bytes()
+    need = xla_dense_bytes(m, k, n, e, itemsize)
+    if limit and need > fraction * limit:
+        from jaxmoe.config import ConfigError
+
+        raise ConfigError(
+            f"grouped-matmul backend 'xla' on GPU lowers each grouped matmul to a dense product over all {e} "
+            f"experts: about {need / 2 ** 30:.1f} GiB of temporaries per call here ({m} rows, K={k}, N={n}) on a device "
+            f"with {limit / 2 ** 30:.0f} GiB; use model.moe.gmm_backend=auto (pallas_mgpu on Hopper), "
+            "model.moe.dispatch=capacity, or a smaller batch.")
+
+
+def gmm_xla_checked(lhs, rhs, group_sizes):
+    m, k = lhs.shape
+    e, _, n = rhs.shape
+    check_xla_fits(m, k, n, e, jnp.dtype(lhs.dtype).itemsize)
+    return _ragged(lhs, rhs, group_sizes)
+
+
 @functools.partial(jax.jit, static_argnames=("backend",))
 def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, backend: str = "xla") -> jax.Array:
     """Grouped matmul ``lhs [M, K]`` x ``rhs [E, K, N]`` with ``group_sizes [E]`` -> ``[M, N]``.
@@ -373,8 +485,10 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, backend: str = "
     Rows of ``lhs`` are sorted by group; accumulation in fp32, result in lhs's dtype.
     """
     if backend == "xla":
-        return _ragged(lhs, rhs, group_sizes)
+        return gmm_xla_checked(lhs, rhs, group_sizes)
     if backend == "xla_vjp":
+        m, k = lhs.shape
+        check_xla_fits(m, k, rhs.shape[2], rhs.shape[0], jnp.dtype(lhs.dtype).itemsize)
         return _gmm_vjp(lhs, rhs, group_sizes)
     if backend == "pallas_mgpu":
         return pallas_mgpu_gmm(lhs, rhs, group_sizes)
