@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from jaxmoe.errors import UserError  # noqa: F401  (re-exported: jaxmoe.cli.UserError)
+
 COMMANDS = {
     "train": ("jaxmoe.commands.train", "train a model from a YAML config"),
     "generate": ("jaxmoe.commands.generate", "generate text from a trained language model"),
@@ -26,23 +28,10 @@ COMMANDS = {
 }
 
 
-class UserError(Exception):
-    """An error with a one-sentence message for the user."""
+def _user_errors() -> tuple:
+    from jaxmoe.errors import JaxmoeError
 
-
-def _user_errors():
-    from jaxmoe.config import ConfigError
-
-    # `python -m jaxmoe.cli` runs this file as __main__: the commands raise the UserError of
-    # the imported module `jaxmoe.cli`, so catch both classes.
-    errs = [UserError, importlib.import_module("jaxmoe.cli").UserError, ConfigError, FileNotFoundError]
-    for mod, name in [("jaxmoe.train.checkpoint", "CheckpointError"), ("jaxmoe.train.loop", "TrainingError"),
-                      ("jaxmoe.data.text", "DataError"), ("jaxmoe.data.real_series", "SeriesError")]:
-        try:
-            errs.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errs)
+    return (JaxmoeError, FileNotFoundError)
 
 
 def _quiet_logs(verbose: bool) -> None:
@@ -62,10 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue  # command not built yet
+        mod = importlib.import_module(module)  # a command that fails to import is a bug: let it show
         p = sub.add_parser(name, help=help_, description=help_)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

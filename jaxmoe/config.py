@@ -27,8 +27,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 
-class ConfigError(ValueError):
-    """A configuration problem, described in one sentence."""
+from jaxmoe.errors import ConfigError  # noqa: F401  (re-exported: jaxmoe.config.ConfigError)
 
 
 # ----------------------------------------------------------------------------- sections

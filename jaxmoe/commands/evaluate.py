@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from jaxmoe.cli import UserError
+    from jaxmoe.errors import UserError
     from jaxmoe.eval.timeseries import BASELINES, evaluate_forecaster, format_table
 
     if args.horizon is not None and args.horizon <= 0:

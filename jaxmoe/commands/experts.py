@@ -30,14 +30,14 @@ def _read_prompts(path: str) -> list[str]:
         raise FileNotFoundError(f"prompt file '{path}' does not exist.")
     prompts = [line.rstrip("\n") for line in p.read_text().splitlines() if line.strip()]
     if not prompts:
-        from jaxmoe.cli import UserError
+        from jaxmoe.errors import UserError
 
         raise UserError(f"prompt file '{path}' has no non-empty lines.")
     return prompts
 
 
 def run(args) -> int:
-    from jaxmoe.cli import UserError
+    from jaxmoe.errors import UserError
 
     if getattr(args, "experts_command", None) != "profile":
         raise UserError("choose an action: `jaxmoe experts profile --checkpoint DIR --prompts-a A.txt "

@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from jaxmoe.cli import UserError
+    from jaxmoe.errors import UserError
     from jaxmoe.export import export_hf
     from jaxmoe.export.safetensors_io import parse_size
 

@@ -45,7 +45,7 @@ def load_series(args) -> np.ndarray:
 
 def forecast_with_model(params, cfg, context: np.ndarray, horizon: int) -> dict:
     """``{"mean": [batch, horizon], "quantiles": {q: [batch, horizon]} (maybe empty)}``."""
-    from jaxmoe.cli import UserError
+    from jaxmoe.errors import UserError
     from jaxmoe.models import get_model
 
     if cfg.model.family == "time_moe":
@@ -88,7 +88,7 @@ def plot_forecast(path, history: np.ndarray, mean: np.ndarray, quantiles: dict, 
 
 
 def run(args) -> int:
-    from jaxmoe.cli import UserError
+    from jaxmoe.errors import UserError
     from jaxmoe.data.real_series import SeriesError
     from jaxmoe.train.checkpoint import load_params
 

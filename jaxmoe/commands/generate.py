@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from jaxmoe.cli import UserError
+    from jaxmoe.errors import UserError
     from jaxmoe.data.tokenizers import load_tokenizer
     from jaxmoe.decode.generate import generate_text
     from jaxmoe.train.checkpoint import load_params

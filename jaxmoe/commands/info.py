@@ -33,7 +33,7 @@ def run_hf(hf_dir: str) -> int:
 
 
 def run(args) -> int:
-    from jaxmoe.cli import UserError
+    from jaxmoe.errors import UserError
 
     if getattr(args, "hf", None):
         return run_hf(args.hf)

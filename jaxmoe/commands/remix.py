@@ -38,7 +38,7 @@ def add_arguments(p) -> None:
 
 
 def _read_jsonl(path: str, need_answer: bool) -> list[dict]:
-    from jaxmoe.cli import UserError
+    from jaxmoe.errors import UserError
 
     p = Path(path)
     if not p.is_file():
@@ -62,7 +62,7 @@ def _read_jsonl(path: str, need_answer: bool) -> list[dict]:
 
 
 def run(args) -> int:
-    from jaxmoe.cli import UserError
+    from jaxmoe.errors import UserError
     from jaxmoe.data.tokenizers import load_tokenizer
     from jaxmoe.decode import remix as c3po
     from jaxmoe.train.checkpoint import load_params

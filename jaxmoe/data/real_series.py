@@ -52,8 +52,7 @@ __all__ = [
 ]
 
 
-class SeriesError(ValueError):
-    """A series could not be loaded; the message says what is wrong and what to do."""
+from jaxmoe.errors import SeriesError  # noqa: E402,F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,8 +56,7 @@ __all__ = [
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
-class DataError(ValueError):
-    """A data path, file or pipeline setting that cannot produce training data."""
+from jaxmoe.errors import DataError  # noqa: E402,F401  (re-exported)
 
 
 # --------------------------------------------------------------------------- corpus

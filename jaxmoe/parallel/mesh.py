@@ -38,8 +38,7 @@ AXES = ("data", "fsdp", "expert", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")
 
 
-class MeshError(ConfigError):
-    """The mesh does not fit the devices or the model (one sentence)."""
+from jaxmoe.errors import MeshError  # noqa: E402,F401  (re-exported)
 
 
 def _fmt(sizes: Mapping[str, int]) -> str:

@@ -26,8 +26,7 @@ from jaxmoe.config import Config, ConfigError, dump_config, load_config, to_dict
 log = logging.getLogger("jaxmoe")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not match the config."""
+from jaxmoe.errors import CheckpointError  # noqa: E402,F401  (re-exported)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

@@ -40,8 +40,7 @@ ENV = "JAXMOE_FAULT"
 KINDS = ("sigterm", "sigint", "sigkill", "sigkill_during_save", "nan")
 
 
-class FaultSpecError(ConfigError):
-    """``JAXMOE_FAULT`` is malformed (one sentence)."""
+from jaxmoe.errors import FaultSpecError  # noqa: E402,F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

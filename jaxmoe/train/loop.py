@@ -39,8 +39,7 @@ from jaxmoe.train.tensorboard import EventWriter, TeeWriter
 log = logging.getLogger("jaxmoe")
 
 
-class TrainingError(RuntimeError):
-    """Training stopped for a reason the user must act on (message is one sentence)."""
+from jaxmoe.errors import TrainingError  # noqa: E402,F401  (re-exported)
 
 
 def abstract_train_state(cfg: Config, task=None):

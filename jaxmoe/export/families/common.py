@@ -29,8 +29,7 @@ import numpy as np
 from jaxmoe.config import Config, ConfigError, DataConfig, ModelConfig, MoEConfig, layer_kinds, validate
 
 
-class ExportError(ConfigError):
-    """A model cannot be converted to or from a Hugging Face family (one sentence)."""
+from jaxmoe.errors import ExportError  # noqa: E402,F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------- conversions
