@@ -2,10 +2,19 @@
 
     PYTHONPATH=. python benchmarks/time_moe.py [--config configs/time_moe_50m.yaml] [--set k=v ...]
 
-Training: the jitted, donated train step (AdamW, the config's precision and remat) on random
-windows of batch 32 x 1024 points. Forecasting: :func:`jaxmoe.decode.forecast.forecast`
-end to end (host arrays in and out, KV-cache autoregression in one jit) for 256 series of
-context 512 and horizon 96, and the batch-1 latency. Targets (shared/specs/perf.md):
+Training: the jitted, donated train step (AdamW, the config's precision and remat) on
+windows of batch 32 x 1024 points: distinct synthetic series every step (``--data varying``,
+default; seasonal/trend/bump/AR series from jaxmoe.data.synthetic, built without grain and
+put on the device before timing) or one batch repeated (``--data repeat``). Learning guard:
+the loss and grad norm of the timed steps are read back after the timing; when the loss did
+not fall from the first to the last timed step or a grad norm is not finite, the training
+throughput is NOT REPORTED (``"learned": false`` in the JSONL) and the script exits 1. A
+config warmup longer than the benchmark (time_moe_50m: 1000 steps) is cut to the untimed
+steps so the timed steps run at the real learning rate (printed; the cost is the same).
+
+Forecasting: :func:`jaxmoe.decode.forecast.forecast` end to end (host arrays in and out,
+KV-cache autoregression in one jit) for 256 series of context 512 and horizon 96, and the
+batch-1 latency. Targets (shared/specs/perf.md):
 >= 270k training tokens/s, >= 1,700 series/s, batch-1 <= 30 ms.
 """
 
@@ -17,11 +26,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import device_name, peak_memory_gb, table, write_jsonl  # noqa: E402
+from _common import (as_float, device_name, header, learning_guard, peak_memory_gb, series_batches,  # noqa: E402
+                     short_warmup, table, write_jsonl)
 
 from jaxmoe.config import load_config  # noqa: E402
 from jaxmoe.decode.forecast import forecast  # noqa: E402
@@ -32,30 +41,40 @@ from jaxmoe.train.state import TrainState  # noqa: E402
 from jaxmoe.train.step import make_train_step  # noqa: E402
 
 
-def train_speed(cfg, batch: int, seq: int, steps: int) -> dict:
+WARMUP = 3  # untimed steps before the timed ones
+
+
+def train_speed(cfg, batch: int, seq: int, steps: int, data: str = "varying") -> dict:
     m = cfg.model
     params = jax.jit(lambda k: tm.init(k, m))(jax.random.PRNGKey(0))
     tx = make_optimizer(cfg.train)
     state = jax.jit(lambda p: TrainState.create(p, tx, 0))(params)
     step = jax.jit(make_train_step(lambda p, b, r: tm.loss_fn(p, b, m, r), tx, learning_rate_schedule(cfg.train)),
                    donate_argnums=(0,))
-    key = jax.random.PRNGKey(1)
-    t = jnp.arange(seq + 1, dtype=jnp.float32)
-    batches = [{"values": jnp.sin(t / (5.0 + i))[None] * jax.random.uniform(jax.random.fold_in(key, i), (batch, 1))
-                + 0.1 * jax.random.normal(jax.random.fold_in(key, 10 + i), (batch, seq + 1))} for i in range(2)]
+    batches = [jax.device_put(x) for x in series_batches(batch, seq, WARMUP + steps, repeat=data == "repeat")]
+    jax.block_until_ready(batches)  # on the device before any timing
     t0 = time.perf_counter()
     compiled = step.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - t0
-    for i in range(3):
-        state, metrics = compiled(state, batches[i % 2])
+    for i in range(WARMUP):
+        state, metrics = compiled(state, batches[i])
     jax.block_until_ready(metrics)
+    watched = []  # device scalars of every timed step; read back after the timing
     t0 = time.perf_counter()
     for i in range(steps):
-        state, metrics = compiled(state, batches[i % 2])
+        state, metrics = compiled(state, batches[WARMUP + i])
+        watched.append((metrics["loss"], metrics["grad_norm"]))
     jax.block_until_ready(metrics)
     sec = (time.perf_counter() - t0) / steps
-    return dict(what=f"train {batch}x{seq}", ms=sec * 1e3, rate=batch * seq / sec, unit="tokens/s",
-                loss=float(metrics["loss"]), compile_s=compile_s, peak_gb=peak_memory_gb(), remat=m.remat), state.params
+    watched = jax.device_get(watched)
+    losses, norms = [as_float(w[0]) for w in watched], [as_float(w[1]) for w in watched]
+    ok, message = learning_guard(losses, norms)
+    row = dict(what=f"train {batch}x{seq}", ms=sec * 1e3, rate=batch * seq / sec, unit="tokens/s",
+               loss_first=losses[0], loss_last=losses[-1], gnorm_first=norms[0], gnorm_last=norms[-1],
+               compile_s=compile_s, peak_gb=peak_memory_gb(), remat=m.remat, data=data, learned=ok, check=message)
+    if not ok:
+        row["ms"] = row["rate"] = None
+    return row, state.params
 
 
 def forecast_speed(params, cfg, series: int, context: int, horizon: int, reps: int = 5) -> dict:
@@ -81,20 +100,34 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--data", choices=["varying", "repeat"], default="varying",
+                    help="varying: distinct synthetic series every step; repeat: one batch every step")
     ap.add_argument("--jsonl", default=None)
     args = ap.parse_args(argv)
+    if args.steps < 2:
+        ap.error("--steps must be >= 2 (the loss of the first and last timed step are compared).")
     cfg = load_config(args.config, args.set)
-    print(f"device: {device_name()}  jax {jax.__version__}  gmm {resolve_backend(cfg.model.moe.gmm_backend)}", flush=True)
-    row, params = train_speed(cfg, args.batch, args.seq, args.steps)
+    cfg, note = short_warmup(cfg, WARMUP, args.steps)
+    print(header() + f"  gmm {resolve_backend(cfg.model.moe.gmm_backend)}", flush=True)
+    what = ("one batch of synthetic series repeated every step" if args.data == "repeat" else
+            f"{WARMUP + args.steps} batches of distinct synthetic series")
+    print(f"training batches: {what}" + (f"; {note}" if note else ""), flush=True)
+    row, params = train_speed(cfg, args.batch, args.seq, args.steps, args.data)
     rows = [row]
-    print(table(rows), flush=True)
+    cols = ["what", "ms", "rate", "unit", "loss_first", "loss_last", "gnorm_first", "gnorm_last", "compile_s",
+            "peak_gb", "remat", "learned"]
+    print(table(rows, cols), flush=True)
+    print(f"train: {row['check']} over {args.steps} timed steps on "
+          f"{'a repeated batch' if args.data == 'repeat' else 'varying batches'}", flush=True)
     fparams = jax.tree.map(lambda a: a.astype(tm.compute_dtype(cfg.model)), params)
     rows.append(forecast_speed(fparams, cfg.model, 256, 512, 96))
     rows.append(forecast_speed(fparams, cfg.model, 1, 512, 96))
     print(f"\nTime-MoE {args.config} {' '.join(args.set)}, {device_name()}, jax {jax.__version__}")
-    print(table(rows, ["what", "ms", "rate", "unit", "loss", "compile_s", "peak_gb", "remat"]))
+    print(table(rows, cols))
+    if not row["learned"]:
+        print(f"train: {row['check']}")
     write_jsonl(args.jsonl, [dict(r, kind="time_moe") for r in rows])
-    return 0
+    return 0 if row["learned"] else 1
 
 
 if __name__ == "__main__":

@@ -1,14 +1,24 @@
-"""Training-step throughput of the real jaxmoe train step on random tokens.
+"""Training-step throughput of the real jaxmoe train step on the config's own text.
 
     PYTHONPATH=. python benchmarks/train_step.py --config configs/bench_moe_1b.yaml [--set k=v ...]
-        [--modes full,grad,fwd] [--steps 10] [--jsonl out.jsonl]
+        [--modes full,grad,fwd] [--steps 10] [--data text|repeat] [--jsonl out.jsonl]
 
 Builds the model, AdamW (jaxmoe.train.optimizer.make_optimizer) and the jitted, donated
 train step (jaxmoe.train.step.make_train_step with the family's loss_fn), and times the
-step itself (no data loader, no host sync per step). Reports tokens/s, step time, MFU
-(6 x active params excluding the input embedding x tokens + 6 x layers x seq x embed x
-tokens, against the 989 TFLOP/s H200 peak and the ~800 TFLOP/s measured matmul rate) and
-peak device memory. ``grad`` times loss+gradients only and ``fwd`` the loss only (for a
+step itself (no data loader, no host sync per step). The batches are distinct sequences of
+the config's text corpus (``--data text``, default; built without grain and put on the
+device before timing) or one such batch repeated (``--data repeat``).
+
+Learning guard: the loss and grad norm of every timed step stay on the device until the
+timing ends; then the first and last are printed beside the throughput. A ``full`` row
+whose loss did not fall from the first to the last timed step, or any row with a
+non-finite loss or grad norm, is NOT REPORTED (no throughput; ``"learned": false`` in the
+JSONL) and the script exits 1. A config whose warmup would keep the learning rate near
+zero for all benchmark steps gets a short warmup (printed; it does not change the cost).
+
+Reports tokens/s, step time, MFU (6 x active params excluding the input embedding x tokens
++ 6 x layers x seq x embed x tokens, against the 989 TFLOP/s H200 peak and the ~800 TFLOP/s
+measured matmul rate) and peak device memory. ``grad`` times loss+gradients only and ``fwd`` the loss only (for a
 breakdown of the step).
 """
 
@@ -21,9 +31,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import H200_MATMUL, H200_PEAK, device_name, lm_flops_per_token, peak_memory_gb, table, write_jsonl  # noqa: E402
+from _common import (H200_MATMUL, H200_PEAK, as_float, device_name, header, learning_guard,  # noqa: E402
+                     lm_flops_per_token, peak_memory_gb, short_warmup, table, text_batches, write_jsonl)
 
 from jaxmoe.config import load_config  # noqa: E402
 from jaxmoe.models import lm  # noqa: E402
@@ -82,16 +94,20 @@ def profile_summary(trace_dir: str, steps: int, top: int = 30) -> str:
     return "\n".join(lines)
 
 
-def run(cfg, modes, steps: int, label: str = "jaxmoe", profile: str | None = None):
+WARMUP = 3  # untimed steps before the timed ones
+
+
+def run(cfg, modes, steps: int, label: str = "jaxmoe", profile: str | None = None, data: str = "text"):
     m = cfg.model
     b, s = cfg.train.batch_size, cfg.data.seq_len
     loss_fn = lambda p, batch, rng: lm.loss_fn(p, batch, m, rng)
     params = jax.jit(lambda k: lm.init(k, m))(jax.random.PRNGKey(cfg.train.seed))
     flops_tok, active = lm_flops_per_token(cfg, params)
     tx = make_optimizer(cfg.train)
-    key = jax.random.PRNGKey(1)
-    batches = [{"tokens": jax.random.randint(jax.random.fold_in(key, i), (b, s + 1), 0, m.vocab_size, jnp.int32)}
-               for i in range(2)]
+    extra = 2 if profile else 0
+    host = text_batches(cfg, WARMUP + steps + extra, repeat=data == "repeat", seed=cfg.train.seed)
+    batches = [jax.device_put(x) for x in host]  # on the device before any timing
+    jax.block_until_ready(batches)
     rows = []
     for mode in modes:
         if mode == "full":
@@ -99,14 +115,21 @@ def run(cfg, modes, steps: int, label: str = "jaxmoe", profile: str | None = Non
             fn = jax.jit(make_train_step(loss_fn, tx, learning_rate_schedule(cfg.train)), donate_argnums=(0,))
             carry = state
             nxt = lambda out: out[0]
+            watch = lambda out: (out[1]["loss"], out[1]["grad_norm"])
         elif mode == "grad":
-            fn = jax.jit(jax.value_and_grad(lambda p, batch: loss_fn(p, batch, None)[0]))
+            def grad_fn(p, batch):
+                loss, grads = jax.value_and_grad(lambda q: loss_fn(q, batch, None)[0])(p)
+                return loss, grads, optax.tree.norm(grads)
+
+            fn = jax.jit(grad_fn)
             carry = params
             nxt = lambda out: carry
+            watch = lambda out: (out[0], out[2])
         else:
             fn = jax.jit(lambda p, batch: loss_fn(p, batch, None)[0])
             carry = params
             nxt = lambda out: carry
+            watch = lambda out: (out, None)
         t0 = time.perf_counter()
         lowered = fn.lower(carry, batches[0])
         compiled = lowered.compile()
@@ -114,37 +137,55 @@ def run(cfg, modes, steps: int, label: str = "jaxmoe", profile: str | None = Non
         compile_s = time.perf_counter() - t0
         call = lambda c, batch: compiled(c, batch)
         out = None
-        for i in range(3):  # warmup
-            out = call(carry, batches[i % 2])
+        for i in range(WARMUP):
+            out = call(carry, batches[i])
             carry = nxt(out)
         jax.block_until_ready(out)
+        watched = []  # device scalars of every timed step; read back after the timing
         t0 = time.perf_counter()
         for i in range(steps):
-            out = call(carry, batches[i % 2])
+            out = call(carry, batches[WARMUP + i])
             carry = nxt(out)
+            watched.append(watch(out))
         jax.block_until_ready(out)
         sec = (time.perf_counter() - t0) / steps
+        watched = jax.device_get(watched)
+        losses = [as_float(w[0]) for w in watched]
+        norms = [as_float(w[1]) for w in watched] if watched[0][1] is not None else []
         if profile and mode == modes[0]:
             try:
                 jax.profiler.start_trace(profile)
                 for i in range(2):
-                    out = call(carry, batches[i % 2])
+                    out = call(carry, batches[WARMUP + steps + i])
                     carry = nxt(out)
                 jax.block_until_ready(out)
                 jax.profiler.stop_trace()
                 print(profile_summary(profile, 2), flush=True)
             except Exception as ex:  # the profile is optional
                 print(f"profile failed: {type(ex).__name__}: {ex}", flush=True)
-        loss = out[1]["loss"] if mode == "full" else (out[0] if mode == "grad" else out)
+        # only the full step updates params: grad/fwd are checked for finite values only
+        ok, message = learning_guard(losses, norms, expect_fall=mode == "full")
         tokens = b * s
         row = dict(impl=label, mode=mode, step_ms=sec * 1e3, tokens_per_s=tokens / sec,
                    mfu=flops_tok * tokens / sec / H200_PEAK, mfu_vs_matmul=flops_tok * tokens / sec / H200_MATMUL,
-                   peak_gb=peak_memory_gb(), loss=float(loss), compile_s=compile_s,
-                   gmm=resolve_backend(m.moe.gmm_backend), attention=attention_kind(hlo), remat=m.remat)
-        print(table([row]), flush=True)
+                   peak_gb=peak_memory_gb(), loss_first=losses[0], loss_last=losses[-1],
+                   gnorm_first=norms[0] if norms else None, gnorm_last=norms[-1] if norms else None,
+                   compile_s=compile_s, gmm=resolve_backend(m.moe.gmm_backend), attention=attention_kind(hlo),
+                   remat=m.remat, data=data, learned=ok if mode == "full" else (None if ok else False),
+                   check=message)
+        if not ok:
+            for k in ("step_ms", "tokens_per_s", "mfu", "mfu_vs_matmul"):
+                row[k] = None
+        print(table([row], COLS), flush=True)
+        print(f"{mode}: {message}" + ("" if mode == "full" else " (no update in this mode: finite values checked only)"),
+              flush=True)
         rows.append(row)
         del fn, compiled, lowered
     return rows, flops_tok, active
+
+
+COLS = ["impl", "mode", "step_ms", "tokens_per_s", "mfu", "mfu_vs_matmul", "peak_gb", "loss_first", "loss_last",
+        "gnorm_first", "gnorm_last", "compile_s", "gmm", "attention", "remat", "learned"]
 
 
 def main(argv=None):
@@ -153,19 +194,31 @@ def main(argv=None):
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     ap.add_argument("--modes", default="full")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--data", choices=["text", "repeat"], default="text",
+                    help="text: distinct batches of the config's corpus; repeat: one batch every step")
     ap.add_argument("--label", default="jaxmoe")
     ap.add_argument("--jsonl", default=None)
     ap.add_argument("--profile", default=None, help="trace directory: print GPU kernel time by kernel")
     args = ap.parse_args(argv)
+    if args.steps < 2:
+        ap.error("--steps must be >= 2 (the loss of the first and last timed step are compared).")
     cfg = load_config(args.config, args.set)
-    print(f"device: {device_name()}  jax {jax.__version__}", flush=True)
-    rows, flops_tok, active = run(cfg, args.modes.split(","), args.steps, args.label, args.profile)
+    cfg, note = short_warmup(cfg, WARMUP, args.steps)
+    print(header(), flush=True)
+    what = ("one batch of the config's text repeated every step" if args.data == "repeat" else
+            f"{WARMUP + args.steps} distinct batches of the config's text ({cfg.data.path or 'built-in corpus'})")
+    print(f"batches: {what}" + (f"; {note}" if note else ""), flush=True)
+    rows, flops_tok, active = run(cfg, args.modes.split(","), args.steps, args.label, args.profile, args.data)
     print(f"\n{args.config} {' '.join(args.set)}: batch {cfg.train.batch_size} x {cfg.data.seq_len}, "
-          f"active params excl. input embedding {active / 1e9:.4f}B, {flops_tok / 1e9:.3f} GFLOP/token")
-    print(table(rows))
+          f"active params excl. input embedding {active / 1e9:.4f}B, {flops_tok / 1e9:.3f} GFLOP/token, "
+          f"{args.steps} timed steps on {'a repeated batch' if args.data == 'repeat' else 'varying text batches'}")
+    print(table(rows, COLS))
+    for r in rows:
+        if r["learned"] is False:
+            print(f"{r['impl']} {r['mode']}: {r['check']}")
     write_jsonl(args.jsonl, [dict(r, kind="train_step", config=args.config, overrides=" ".join(args.set),
                                   device=device_name(), jax=jax.__version__) for r in rows])
-    return 0
+    return 1 if any(r["learned"] is False for r in rows) else 0
 
 
 if __name__ == "__main__":
