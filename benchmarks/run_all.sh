@@ -19,7 +19,11 @@ fi
 $PY - "$RES" <<'PYEOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-ours = [r for r in rows if r.get("kind") == "train_step" and r.get("mode") == "full"]
+refused = [r for r in rows if r.get("kind") == "train_step" and r.get("learned") is False]
+for r in refused:
+    print("run_all: a jaxmoe row was NOT REPORTED (the run did not learn):", r.get("label") or r.get("impl"), r.get("reason", ""))
+ours = [r for r in rows if r.get("kind") == "train_step" and r.get("mode") == "full" and r.get("learned") is not False
+        and r.get("tokens_per_s")]
 peer = [r for r in rows if r.get("kind") == "peer"]
 if not ours or not peer:
     print("run_all: missing rows (jaxmoe: %d, peer: %d)" % (len(ours), len(peer))); sys.exit(0)
