@@ -162,13 +162,14 @@ def nonfinite_batch_fields(batch: dict) -> list[str]:
 
 
 def describe_nonfinite(loss: float, leaf_index: int, params: Any, batch: dict, grad_norm: float | None = None,
-                       leaf_max: float | None = None) -> str:
+                       leaf_norm: float | None = None) -> str:
     """What was not finite in a skipped step, as a clause for one-sentence messages:
     the loss, the gradient norm with the leaf holding the largest (or a non-finite)
     gradient, and the batch arrays holding NaN/inf."""
     bad = nonfinite_batch_fields(batch)
     worst = leaf_names(params)[leaf_index] if leaf_index >= 0 else None
-    leaf_bad = worst is not None and (leaf_max is None or not math.isfinite(leaf_max))  # no value given: non-finite
+    # a NaN in the worst leaf (or, when no norm is given, any non-finite value) names that leaf
+    leaf_bad = worst is not None and (leaf_norm is None or math.isnan(leaf_norm))
     if not math.isfinite(loss):
         what = f"the loss is {loss}"
         if not bad and leaf_bad:
@@ -176,9 +177,8 @@ def describe_nonfinite(loss: float, leaf_index: int, params: Any, batch: dict, g
     elif leaf_bad:
         what = f"the gradient of {worst} is not finite (loss {loss:.4g})"
     elif grad_norm is not None and not math.isfinite(grad_norm):
-        what = f"the gradient norm overflows float32"
-        if worst is not None and leaf_max is not None:
-            what += f" (largest |gradient| {leaf_max:.3g} in {worst})"
+        what = "the gradient norm is inf (a gradient is infinite or the norm exceeds float32's range"
+        what += f"; largest in {worst})" if worst is not None else ")"
         what += f" (loss {loss:.4g})"
     else:
         what = "the loss or gradients are not finite"

@@ -266,7 +266,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                 if skipped:
                     summary["skipped_steps"] += 1
                     what = describe_nonfinite(loss_now, int(metrics["worst_leaf"]), state.params, batch, norm_now,
-                                              float(metrics["worst_leaf_max"]))
+                                              float(metrics["worst_leaf_norm"]))
                     if tcfg.nonfinite_policy == "stop":
                         latest_good = manager.latest_step()
                         raise TrainingError(
@@ -290,7 +290,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                     now = time.perf_counter()
                     record = {"step": done, "tokens_per_sec": tokens_since / max(now - t_last, 1e-9)}
                     worst = int(m.pop("worst_leaf", -1))
-                    worst_max = float(m.pop("worst_leaf_max", 0.0))
+                    worst_norm = float(m.pop("worst_leaf_norm", 0.0))
                     if spike_mean is not None:
                         record["loss_spike"] = True
                     for k, v in m.items():
@@ -303,7 +303,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                             record[k] = v
                     if worst >= 0:
                         record["worst_grad_leaf"] = _leaf_name(state.params, worst)
-                        record["worst_grad_max"] = worst_max
+                        record["worst_grad_norm"] = worst_norm
                     writer.write(record)
                     bar.set_postfix(loss=f"{float(m['loss']):.4f}", tok_s=f"{record['tokens_per_sec']:.0f}",
                                     max_load=f"{float(m.get('max_load', 0.0)):.2f}", gnorm=f"{norm_now:.3g}",

@@ -39,37 +39,42 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def leaf_max_abs(tree) -> jax.Array:
-    """fp32 ``[num_leaves]``: the largest ``|x|`` of every floating leaf (0 for others);
-    inf where a leaf holds inf, NaN where it holds NaN."""
-    out = []
-    for x in jax.tree.leaves(tree):
-        if jnp.issubdtype(x.dtype, jnp.inexact) and x.size:
-            out.append(jnp.max(jnp.abs(x)).astype(jnp.float32))
-        else:
-            out.append(jnp.float32(0.0))
+def _float_leaves(tree) -> list:
+    return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact) and x.size]
+
+
+def leaf_sumsq(tree) -> jax.Array:
+    """fp32 ``[num_leaves]``: the sum of squares of every leaf (0 for non-float leaves); inf
+    where it overflows float32 or the leaf holds inf, NaN where it holds NaN."""
+    out = [jnp.sum(jnp.square(x.astype(jnp.float32))) if jnp.issubdtype(x.dtype, jnp.inexact) and x.size
+           else jnp.float32(0.0) for x in jax.tree.leaves(tree)]
     return jnp.stack(out) if out else jnp.zeros((0,), jnp.float32)
 
 
-def safe_global_norm(tree, leaf_max: jax.Array | None = None) -> jax.Array:
-    """``sqrt(sum of squares)`` over every leaf in float32, scaled by the largest ``|x|`` so
-    that no square overflows: finite for every finite tree whose norm is below float32's
-    maximum (3.4e38). Non-finite leaves give inf/NaN. ``leaf_max`` reuses
-    :func:`leaf_max_abs` when the caller has it."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact) and x.size]
-    if not leaves:
-        return jnp.float32(0.0)
-    if leaf_max is None:
-        leaf_max = leaf_max_abs(tree)
-    top = jnp.max(leaf_max)
+def _scaled_norm(leaves: list) -> jax.Array:
+    """Two passes: the largest ``|x|``, then the sum of squares of ``x / max``: no square
+    overflows. ``x / max`` is two multiplications by ``1/sqrt(max)`` (``1/max`` itself is
+    subnormal for max > 8.5e37 and flushed to zero on some backends)."""
+    top = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves]))
     finite_top = jnp.isfinite(top)
     scale = jnp.where(finite_top & (top > 0), top, 1.0)
-    # x / scale as two multiplications by 1/sqrt(scale): 1/scale itself is subnormal for
-    # scale > 8.5e37 and flushed to zero on some backends
     r = jax.lax.rsqrt(scale)
     total = sum(jnp.sum(jnp.square((x.astype(jnp.float32) * r) * r)) for x in leaves)
-    norm = scale * jnp.sqrt(total)
-    return jnp.where(finite_top, norm, top)  # inf stays inf, NaN stays NaN
+    return jnp.where(finite_top, scale * jnp.sqrt(total), top)  # inf stays inf, NaN stays NaN
+
+
+def safe_global_norm(tree, sumsq: jax.Array | None = None) -> jax.Array:
+    """``sqrt(sum of squares)`` over every leaf in float32, finite for every finite tree whose
+    norm is below float32's maximum (3.4e38). One pass in the common case; only when the plain
+    sum of squares is not finite (a huge leaf, or a NaN/inf) a second, scaled computation
+    decides between a true norm and inf/NaN. ``sumsq`` reuses :func:`leaf_sumsq`."""
+    leaves = _float_leaves(tree)
+    if not leaves:
+        return jnp.float32(0.0)
+    if sumsq is None:
+        sumsq = leaf_sumsq(tree)
+    total = jnp.sum(sumsq)
+    return jax.lax.cond(jnp.isfinite(total), lambda ls: jnp.sqrt(total), _scaled_norm, leaves)
 
 
 class ClipState(NamedTuple):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmoe.train.optimizer import leaf_max_abs, safe_global_norm
+from jaxmoe.train.optimizer import leaf_sumsq, safe_global_norm
 from jaxmoe.train.state import TrainState
 
 
@@ -21,20 +21,21 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
     (:func:`~jaxmoe.train.optimizer.safe_global_norm`), so a finite but huge leaf is clipped
     correctly, never silently zeroed. Health metrics: ``grad_norm``, ``update_ratio`` (norm of
     the applied update / norm of the params), ``worst_leaf`` (flatten index of the gradient
-    leaf with the largest ``|g|``, NaN/inf first) and ``worst_leaf_max`` (that ``|g|``).
+    leaf with the largest norm, NaN/inf first) and ``worst_leaf_norm`` (that leaf's norm, inf when its sum of
+    squares overflows float32).
     """
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-        leaf_max = leaf_max_abs(grads)
-        grad_norm = safe_global_norm(grads, leaf_max)
+        sumsq = leaf_sumsq(grads)  # one pass over the gradients serves the norm and the worst leaf
+        grad_norm = safe_global_norm(grads, sumsq)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def apply(args):
             params, opt_state, grads = args
             updates, new_opt = tx.update(grads, opt_state, params)
-            ratio = safe_global_norm(updates) / jnp.maximum(safe_global_norm(params), 1e-12)
+            ratio = jnp.sqrt(jnp.sum(leaf_sumsq(updates)) / jnp.maximum(jnp.sum(leaf_sumsq(params)), 1e-24))
             return optax.apply_updates(params, updates), new_opt, ratio
 
         # a branch instead of a select per leaf: the update fuses into one pass over params and
@@ -52,9 +53,9 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
         metrics["grad_norm"] = grad_norm
         metrics["update_ratio"] = ratio
         metrics["skipped"] = (~finite).astype(jnp.int32)
-        badness = jnp.where(jnp.isfinite(leaf_max), leaf_max, jnp.inf)  # NaN/inf leaves rank first
+        badness = jnp.where(jnp.isnan(sumsq), jnp.inf, sumsq)  # NaN/inf leaves rank first
         metrics["worst_leaf"] = (jnp.argmax(badness) if badness.shape[0] else jnp.int32(-1)).astype(jnp.int32)
-        metrics["worst_leaf_max"] = jnp.max(leaf_max) if leaf_max.shape[0] else jnp.float32(0.0)
+        metrics["worst_leaf_norm"] = jnp.sqrt(jnp.max(sumsq)) if sumsq.shape[0] else jnp.float32(0.0)
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         return new_state, metrics
