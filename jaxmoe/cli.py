@@ -25,6 +25,7 @@ COMMANDS = {
     "import": ("jaxmoe.commands.import_hf", "import a Hugging Face directory as a jaxmoe checkpoint"),
     "experts": ("jaxmoe.commands.experts", "profile expert activations (MoTE)"),
     "remix": ("jaxmoe.commands.remix", "C3PO test-time re-mixing of routing weights"),
+    "data": ("jaxmoe.commands.data", "build datasets: `data build-ts-corpus OUT` (real time-series corpus)"),
 }
 
 

@@ -25,7 +25,16 @@ Sources (`build_timeseries_pipeline(sources=[(spec, weight), ...])`), spec is on
 - "real": the training part (held-out tail removed) of every series in
   `jaxmoe.data.real_series.REAL_SERIES`; "real:NAME" for one of them;
 - "csv:PATH:COLUMN", "parquet:PATH:COLUMN": one column of a user file (PATH may contain
-  colons; the last colon separates the column).
+  colons; the last colon separates the column);
+- "corpus" / "corpus:DIR": every series of a real-series corpus (`jaxmoe.data.corpus`; the
+  default one is built into the cache folder on first use); "tsmixup" / "tsmixup:DIR":
+  mixes of 1-3 corpus series of different datasets; "kernelsynth", "randomwalk", "arima",
+  "seasonal_trend", "synthetic2" (each optionally ":SIZE"): the generators of
+  `jaxmoe.data.synthetic` (see `jaxmoe.data.ts_sources`).
+
+Leakage control: `exclude` (names or globs) and `exclude_like` (reference series, CSV/Parquet
+files or folders) drop matching series from every real-data source (corpus, tsmixup, real,
+files, arrays) before windowing; see `jaxmoe.data.corpus.Exclusions`.
 
 Mixing: sources are drawn by weight with a deterministic, seeded, random-access selection:
 in every block of `MIX_BLOCK` consecutive elements each source gets a fixed count
@@ -427,8 +436,14 @@ def resolve_source(
     min_length: int = 16,
     mask_constant_runs: int | None = None,
     synthetic_size: int = DEFAULT_SYNTHETIC_SIZE,
+    exclusions=None,
 ):
-    """A source spec (see module docstring) -> a random-access window source."""
+    """A source spec (see module docstring) -> a random-access window source.
+
+    `exclusions` (a `jaxmoe.data.corpus.Exclusions`) filters the series of real-data sources.
+    """
+    from jaxmoe.data.ts_sources import exclude_named_series, resolve_extra_source
+
     kwargs = dict(context_length=context_length, stride=stride, min_length=min_length,
                   mask_constant_runs=mask_constant_runs)
     if isinstance(spec, str):
@@ -445,16 +460,23 @@ def resolve_source(
             names = [rest] if rest else list(REAL_SERIES)
             if rest and rest not in REAL_SERIES:
                 raise SeriesError(f"Source {spec!r}: unknown real series {rest!r}; choose one of: {', '.join(REAL_SERIES)}.")
-            return WindowSource([load_real_train(n) for n in names], name=spec, **kwargs)
+            named = exclude_named_series([(n, load_real_train(n)) for n in names], exclusions, spec)
+            return WindowSource([v for _, v in named], name=spec, **kwargs)
         if kind in ("csv", "parquet"):
             path, sep, column = rest.rpartition(":")
             if not sep or not path or not column:
                 raise SeriesError(f"Source {spec!r} must look like '{kind}:PATH:COLUMN'.")
             reader = read_csv_series if kind == "csv" else read_parquet_series
-            return WindowSource([reader(path, column)], name=spec, **kwargs)
+            named = exclude_named_series([(f"{path}/{column}", reader(path, column))], exclusions, spec)
+            return WindowSource([v for _, v in named], name=spec, **kwargs)
+        extra = resolve_extra_source(kind, rest, spec, context_length=context_length, seed=seed,
+                                     synthetic_size=synthetic_size, window_kwargs=kwargs, exclusions=exclusions)
+        if extra is not None:
+            return extra
         raise SeriesError(
             f"Unknown source {spec!r}; use 'synthetic', 'synthetic:SIZE', 'real', 'real:NAME', "
-            "'csv:PATH:COLUMN', 'parquet:PATH:COLUMN' or a list of 1-D arrays."
+            "'csv:PATH:COLUMN', 'parquet:PATH:COLUMN', 'corpus', 'corpus:DIR', 'tsmixup', 'tsmixup:DIR', "
+            "'kernelsynth', 'randomwalk', 'arima', 'seasonal_trend', 'synthetic2' (each ':SIZE') or a list of 1-D arrays."
         )
     if isinstance(spec, np.ndarray):
         if spec.ndim != 1:
@@ -466,7 +488,9 @@ def resolve_source(
     if isinstance(spec, (list, tuple)):
         if not spec:
             raise SeriesError("An array-list source is empty; give at least one series.")
-        return WindowSource([_as_1d(s) for s in spec], name=f"arrays[{len(spec)}]", **kwargs)
+        named = exclude_named_series([(f"arrays[{i}]", _as_1d(s)) for i, s in enumerate(spec)], exclusions,
+                                     f"arrays[{len(spec)}]")
+        return WindowSource([v for _, v in named], name=f"arrays[{len(spec)}]", **kwargs)
     raise SeriesError(f"Cannot use a {type(spec).__name__} as a source; give a source string or a list of 1-D arrays.")
 
 
@@ -515,6 +539,8 @@ def build_timeseries_pipeline(
     drop_remainder: bool = True,
     num_threads: int = 0,
     prefetch_buffer_size: int = 16,
+    exclude: Sequence[str] = (),
+    exclude_like=(),
 ) -> TimeSeriesPipeline:
     """Windows from weighted sources, shuffled, mixed and batched.
 
@@ -532,6 +558,9 @@ def build_timeseries_pipeline(
       drop_remainder: drop a final partial batch (finite pipelines).
       num_threads / prefetch_buffer_size: grain read options for `iterator()` (0 threads =
         synchronous reads; data are in memory).
+      exclude: dataset/series names or globs left out of every real-data source.
+      exclude_like: reference series (arrays, CSV/Parquet files, folders); any series sharing
+        a run of 16 equal values (6 significant digits) with one of them is left out.
 
     Returns:
       TimeSeriesPipeline.
@@ -548,6 +577,9 @@ def build_timeseries_pipeline(
     if isinstance(sources, (str, np.ndarray)) or not sources:
         raise SeriesError("sources must be a non-empty list of (spec, weight) pairs, e.g. [('synthetic', 1.0)].")
 
+    from jaxmoe.data.corpus import Exclusions
+
+    exclusions = Exclusions(exclude, exclude_like)
     datasets, infos, weights = [], [], []
     for i, item in enumerate(sources):
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
@@ -562,6 +594,7 @@ def build_timeseries_pipeline(
         source = resolve_source(
             spec, context_length=context_length, stride=stride, seed=_derive_seed(seed, i, 1),
             min_length=min_length, mask_constant_runs=mask_constant_runs, synthetic_size=synthetic_size,
+            exclusions=exclusions,
         )
         if len(source) == 0:
             raise SeriesError(
@@ -571,7 +604,7 @@ def build_timeseries_pipeline(
         # Synthetic series are already i.i.d. draws: no need to shuffle them.
         repeated = EpochShuffledSource(
             source, seed=_derive_seed(seed, i, 2), num_epochs=num_epochs,
-            shuffle=shuffle and not isinstance(source, SyntheticWindowSource),
+            shuffle=shuffle and not (isinstance(source, SyntheticWindowSource) or getattr(source, "iid", False)),
         )
         datasets.append(grain.MapDataset.source(repeated))
         weights.append(weight)
