@@ -11,13 +11,14 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxmoe.config import ModelConfig, MoEConfig
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.config import MoEConfig
 
 ONES = ("scale", "e_gate", "e_up", "e_down")
 
 
-def fast_init(cfg: ModelConfig, seed: int = 0, std: float | None = None):
+def fast_init(cfg: LMConfig, seed: int = 0, std: float | None = None):
     shapes = jax.eval_shape(lambda: lm.init(jax.random.PRNGKey(0), cfg))
     rng = np.random.default_rng(seed)
     std = cfg.init_std if std is None else std
@@ -31,12 +32,12 @@ def fast_init(cfg: ModelConfig, seed: int = 0, std: float | None = None):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def tiny_cfg(**moe) -> ModelConfig:
+def tiny_cfg(**moe) -> LMConfig:
     """2 MoE layers, 4 experts, embed 16, vocab 32."""
     base = dict(num_experts=4, experts_per_token=2, expert_ffn_dim=16)
     base.update(moe)
-    return ModelConfig(vocab_size=32, embed_dim=16, num_layers=2, num_heads=2, max_seq_len=32,
-                       moe=MoEConfig(**base))
+    return LMConfig(vocab_size=32, embed_dim=16, num_layers=2, num_heads=2, max_seq_len=32,
+                    moe=MoEConfig(**base))
 
 
 def make_run(run_dir, config, overrides: list[str] = (), std: float | None = None, seed: int = 0, params=None):

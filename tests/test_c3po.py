@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from jaxmoe.cli import main
-from jaxmoe.config import Config, DataConfig, ModelConfig, MoEConfig
+from jaxmoe.config import Config, DataConfig
 from jaxmoe.decode import remix as c3po
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.config import MoEConfig
 from routing_helpers import fast_init, make_run
 
 N, V, D, F = 4, 259, 16, 8
@@ -29,8 +31,8 @@ apply = jax.jit(lm.apply, static_argnames="cfg")
 
 
 def _task():
-    cfg = ModelConfig(vocab_size=V, embed_dim=D, num_layers=2, num_heads=2, max_seq_len=32,
-                      moe=MoEConfig(num_experts=N, experts_per_token=2, expert_ffn_dim=F, balance_loss="none"))
+    cfg = LMConfig(vocab_size=V, embed_dim=D, num_layers=2, num_heads=2, max_seq_len=32,
+                   moe=MoEConfig(num_experts=N, experts_per_token=2, expert_ffn_dim=F, balance_loss="none"))
     params = fast_init(cfg)
     rng = np.random.default_rng(0)
     emb = np.zeros((V, D), np.float32)

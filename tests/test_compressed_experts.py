@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import ConfigError, MoEConfig, load_config
+from jaxmoe.config import ConfigError, load_config
 from jaxmoe.moe import layer
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.nn.init import unbox
 
 D, F, N = 8, 6, 4

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import MeshConfig, MoEConfig
+from jaxmoe.config import MeshConfig
 from jaxmoe.moe import expert_parallel as ep_lib
 from jaxmoe.moe import losses
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.dispatch import dense
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.moe.router import topk_route

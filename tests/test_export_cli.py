@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from jaxmoe.cli import main
-from jaxmoe.config import Config, DataConfig, ModelConfig, MoEConfig
+from jaxmoe.config import Config, DataConfig
 from jaxmoe.export import load_hf, save_hf
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.config import MoEConfig
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +20,8 @@ def hf_dir(tmp_path_factory):
     """A small Qwen2-MoE directory written by jaxmoe itself (byte-tokenizer sized vocab)."""
     moe = MoEConfig(num_experts=4, experts_per_token=2, expert_ffn_dim=16, num_shared_experts=1, shared_ffn_dim=24,
                     shared_expert_gate=True, first_k_dense=1, dense_ffn_dim=32, balance_loss="switch")
-    model = ModelConfig(vocab_size=260, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=64,
-                        qkv_bias=True, moe=moe)
+    model = LMConfig(vocab_size=260, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=64,
+                     qkv_bias=True, moe=moe)
     shapes = jax.eval_shape(lambda: lm.init(jax.random.PRNGKey(0), model))
     rng = np.random.RandomState(0)
     params = jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), shapes)

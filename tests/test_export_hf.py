@@ -18,9 +18,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from jaxmoe.config import ModelConfig, MoEConfig  # noqa: E402
 from jaxmoe.export import ExportError, get_family, hf_info, load_hf, save_hf  # noqa: E402
 from jaxmoe.models import lm  # noqa: E402
+from jaxmoe.models.lm import LMConfig  # noqa: E402
+from jaxmoe.moe.config import MoEConfig  # noqa: E402
 
 torch.set_grad_enabled(False)
 
@@ -159,8 +160,8 @@ def test_parity_import_and_export(case, tmp_path):
 def _mcfg(**kw):
     moe = dict(num_experts=4, experts_per_token=2, expert_ffn_dim=8, norm_topk=True)
     moe.update(kw.pop("moe", {}))
-    return ModelConfig(**{"vocab_size": 40, "embed_dim": 16, "num_layers": 2, "num_heads": 2, "max_seq_len": 32,
-                          **kw}, moe=MoEConfig(**moe))
+    return LMConfig(**{"vocab_size": 40, "embed_dim": 16, "num_layers": 2, "num_heads": 2, "max_seq_len": 32,
+                       **kw}, moe=MoEConfig(**moe))
 
 
 REFUSALS = [

@@ -2,7 +2,8 @@
 (Cached decode == full forward of hybrid stacks is in tests/test_lm.py.)"""
 
 from jaxmoe.cli import main
-from jaxmoe.config import layer_kinds, load_config
+from jaxmoe.config import load_config
+from jaxmoe.models.lm import layer_kinds
 
 
 def test_hybrid_lm_config_trains_two_steps(tmp_path):

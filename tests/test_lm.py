@@ -5,8 +5,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmoe.config import ModelConfig, MoEConfig, TrainConfig
+from jaxmoe.config import TrainConfig
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.train.optimizer import make_optimizer
 from jaxmoe.train.state import TrainState
 from jaxmoe.train.step import make_train_step
@@ -19,7 +21,7 @@ def tiny(**kw):
     moe = MoEConfig(**{**moe_args, **moe_kw})
     base = dict(vocab_size=40, embed_dim=32, num_layers=3, num_heads=4, num_kv_heads=2, max_seq_len=32, moe=moe)
     base.update(kw)
-    return ModelConfig(**base)
+    return LMConfig(**base)
 
 
 def test_shapes_groups_and_axes():

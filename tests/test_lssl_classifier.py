@@ -53,7 +53,7 @@ def test_lssl_views_give_the_same_classifier_and_dropout_needs_rng():
     params = lc.init(jax.random.PRNGKey(2), cfg.model)
     tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 24), 0, 17)
     others = [load_config(CONFIG, [*TINY, "model.dropout_rate=0.5",
-                                   f"model.extra={{lssl_mode: {mode}, a_mode: fixed}}"]).model
+                                   f"model.lssl_mode={mode}", "model.a_mode=fixed"]).model
               for mode in ("recurrent", "parallel")]
 
     @jax.jit

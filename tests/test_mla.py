@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import Config, ConfigError, DataConfig, ModelConfig, MoEConfig, validate
+from jaxmoe.config import Config, ConfigError, DataConfig, validate
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.nn import mla as mla_lib
 from jaxmoe.nn.init import unbox
 
@@ -87,7 +89,7 @@ def _mla_lm(**kw):
     base = dict(vocab_size=40, embed_dim=24, num_layers=3, num_heads=3, max_seq_len=32, attention_type="mla",
                 q_lora_rank=8, kv_lora_rank=10, qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5, moe=moe)
     base.update(kw)
-    return ModelConfig(**base)
+    return LMConfig(**base)
 
 
 def test_mla_lm_cache_and_decode_equal_full_forward():

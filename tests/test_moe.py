@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import MoEConfig
 from jaxmoe.moe import losses
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.dispatch import capacity, dense, dropless, expert_capacity
 from jaxmoe.moe.gmm import gmm, resolve_backend
 from jaxmoe.moe.layer import init_moe, moe

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import ConfigError, MoEConfig, load_config
+from jaxmoe.config import ConfigError, load_config
 from jaxmoe.moe import layer
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.router import expected_active_fraction, route
 from jaxmoe.nn.init import unbox
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import MoEConfig
 from jaxmoe.decode.generate import generate_tokens
 from jaxmoe.models import lm, thor
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.router import thor_route
 from routing_helpers import fast_init, tiny_cfg
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import MoEConfig
 from jaxmoe.models import lm
 from jaxmoe.moe import layer, losses
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.router import topp_route
 from jaxmoe.nn.init import unbox
 from routing_helpers import fast_init, tiny_cfg

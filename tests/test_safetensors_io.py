@@ -7,9 +7,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxmoe.config import Config, DataConfig, ModelConfig, MoEConfig
+from jaxmoe.config import Config, DataConfig
 from jaxmoe.export import load_hf, save_hf
 from jaxmoe.export.safetensors_io import SafetensorsReader, ShardedWriter, parse_size, save_sharded, write_file
+from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.config import MoEConfig
 
 
 def test_parse_size():
@@ -78,8 +80,8 @@ def test_reader_reads_reference_files_and_single_file(tmp_path):
 
 def test_sharded_hf_export_of_a_model_above_the_shard_size_round_trips(tmp_path):
     moe = MoEConfig(num_experts=4, experts_per_token=2, expert_ffn_dim=16, norm_topk=True, balance_loss="switch")
-    model = ModelConfig(vocab_size=64, embed_dim=32, num_layers=3, num_heads=4, num_kv_heads=2, max_seq_len=64,
-                        moe=moe)
+    model = LMConfig(vocab_size=64, embed_dim=32, num_layers=3, num_heads=4, num_kv_heads=2, max_seq_len=64,
+                     moe=moe)
     cfg = Config(model=model, data=DataConfig(seq_len=32))
     from jaxmoe.models import lm
 

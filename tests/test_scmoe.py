@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import MoEConfig
 from jaxmoe.decode.contrastive import SCMoEConfig, check, contrastive_generate, scmoe_scores
 from jaxmoe.decode.generate import generate_tokens
 from jaxmoe.models import lm
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.router import topk_route
 from routing_helpers import fast_init, tiny_cfg
 

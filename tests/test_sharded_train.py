@@ -14,8 +14,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmoe.config import Config, DataConfig, MeshConfig, ModelConfig, MoEConfig, TrainConfig
+from jaxmoe.config import Config, DataConfig, MeshConfig, TrainConfig
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.parallel import sharding as sh
 from jaxmoe.parallel.mesh import build_mesh
 from jaxmoe.train import loop
@@ -24,8 +26,8 @@ from jaxmoe.train.state import TrainState
 
 MOE = MoEConfig(num_experts=8, experts_per_token=2, expert_ffn_dim=16, num_shared_experts=1, shared_ffn_dim=16,
                 z_loss_coef=1e-3)
-DROPLESS = ModelConfig(vocab_size=64, embed_dim=32, num_layers=1, num_heads=4, num_kv_heads=2, max_seq_len=16,
-                       moe=MOE)
+DROPLESS = LMConfig(vocab_size=64, embed_dim=32, num_layers=1, num_heads=4, num_kv_heads=2, max_seq_len=16,
+                    moe=MOE)
 CAPACITY = dataclasses.replace(DROPLESS, moe=dataclasses.replace(MOE, dispatch="capacity", capacity_factor=0.5))
 BATCH, SEQ = 8, 8
 

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxmoe.config import Config, ConfigError, DataConfig, MeshConfig, ModelConfig, MoEConfig, TrainConfig
+from jaxmoe.config import Config, ConfigError, DataConfig, MeshConfig, TrainConfig
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.nn.init import logical_axes
 from jaxmoe.parallel import sharding as sh
 from jaxmoe.parallel.mesh import build_mesh
@@ -20,9 +22,9 @@ from jaxmoe.train.metrics import read_jsonl
 from jaxmoe.train.optimizer import make_optimizer
 from jaxmoe.train.state import TrainState
 
-MODEL = ModelConfig(vocab_size=64, embed_dim=32, num_layers=1, num_heads=4, num_kv_heads=2, max_seq_len=32,
-                    moe=MoEConfig(num_experts=8, experts_per_token=2, expert_ffn_dim=16, num_shared_experts=1,
-                                  shared_ffn_dim=16))
+MODEL = LMConfig(vocab_size=64, embed_dim=32, num_layers=1, num_heads=4, num_kv_heads=2, max_seq_len=32,
+                 moe=MoEConfig(num_experts=8, experts_per_token=2, expert_ffn_dim=16, num_shared_experts=1,
+                               shared_ffn_dim=16))
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +87,8 @@ def _cfg(tmp_path, out, mesh, steps=4):
     text = tmp_path / "corpus.txt"
     if not text.exists():
         text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(300)))
-    model = ModelConfig(vocab_size=259, embed_dim=32, num_layers=1, num_heads=4, num_kv_heads=2, max_seq_len=32,
-                        moe=MODEL.moe)
+    model = LMConfig(vocab_size=259, embed_dim=32, num_layers=1, num_heads=4, num_kv_heads=2, max_seq_len=32,
+                     moe=MODEL.moe)
     return Config(model=model, data=DataConfig(path=str(text), seq_len=16, eval_fraction=0.0),
                   train=TrainConfig(steps=steps, batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=2,
                                     keep_checkpoints=5, progress=False, output_dir=str(tmp_path / out)),

@@ -7,17 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.config import ModelConfig, MoEConfig
 from jaxmoe.export.stablehlo import export_decode_step, load_decode_step
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.config import MoEConfig
 
 MOE = MoEConfig(num_experts=4, experts_per_token=2, expert_ffn_dim=8, num_shared_experts=1, first_k_dense=1,
                 dense_ffn_dim=16)
 CFGS = {
-    "gqa": ModelConfig(vocab_size=32, embed_dim=16, num_layers=3, num_heads=4, num_kv_heads=2, max_seq_len=16,
-                       qk_norm=True, moe=MOE),
-    "mla": ModelConfig(vocab_size=32, embed_dim=16, num_layers=2, num_heads=2, max_seq_len=16, attention_type="mla",
-                       q_lora_rank=8, kv_lora_rank=6, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=4, moe=MOE),
+    "gqa": LMConfig(vocab_size=32, embed_dim=16, num_layers=3, num_heads=4, num_kv_heads=2, max_seq_len=16,
+                    qk_norm=True, moe=MOE),
+    "mla": LMConfig(vocab_size=32, embed_dim=16, num_layers=2, num_heads=2, max_seq_len=16, attention_type="mla",
+                    q_lora_rank=8, kv_lora_rank=6, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=4, moe=MOE),
 }
 
 

@@ -63,8 +63,8 @@ def param_report(cfg, mesh=None) -> dict:
     shapes = jax.eval_shape(lambda: model.init(key, cfg.model))
     axes = logical_axes(model.init_boxed, key, cfg.model)
     rules = sh.rules_from_config(cfg.mesh)
-    moe = cfg.model.moe
-    active_frac = moe.experts_per_token / moe.num_experts
+    moe = getattr(cfg.model, "moe", None)  # families without MoE layers: every param is active
+    active_frac = moe.experts_per_token / moe.num_experts if moe is not None else 1.0
     out = {"params": 0, "active_params": 0, "embedding_params": 0, "param_bytes_per_device": 0}
     flat_axes = jax.tree.leaves(axes, is_leaf=lambda a: isinstance(a, AxisNames))
     flat_shapes = jax.tree.leaves(shapes)
@@ -90,17 +90,21 @@ def activation_bytes_per_device(cfg, mesh) -> float:
     experts' hidden states, split over the tensor axis where it applies; plus fp32 logits."""
     from jaxmoe.parallel.mesh import axis_sizes
 
-    m, moe, sizes = cfg.model, cfg.model.moe, axis_sizes(mesh)
+    m, sizes = cfg.model, axis_sizes(mesh)
+    moe, remat = getattr(m, "moe", None), getattr(m, "remat", "none")  # not every family has them
     tokens = cfg.train.batch_size * cfg.data.seq_len / (sizes["data"] * sizes["fsdp"] * sizes["expert"])
     tp = sizes["tensor"]
-    b = _DTYPE_BYTES[m.dtype]
-    ffn = max(moe.experts_per_token * (3 * moe.expert_ffn_dim + 2 * m.embed_dim)
-              + 3 * moe.num_shared_experts * (moe.shared_ffn_dim or moe.expert_ffn_dim),
-              3 * (moe.dense_ffn_dim or 4 * m.embed_dim))
-    per_layer = tokens * b * (12 * m.embed_dim + (m.num_heads * cfg.data.seq_len + ffn) / tp)
-    layers = m.num_layers if m.remat == "none" else 1
-    saved = per_layer * layers + (tokens * m.embed_dim * b * m.num_layers if m.remat != "none" else 0)
-    logits = tokens * m.vocab_size * 4 * 2 / tp
+    b = _DTYPE_BYTES[getattr(m, "dtype", "float32")]
+    if moe is not None:
+        ffn = max(moe.experts_per_token * (3 * moe.expert_ffn_dim + 2 * m.embed_dim)
+                  + 3 * moe.num_shared_experts * (moe.shared_ffn_dim or moe.expert_ffn_dim),
+                  3 * (moe.dense_ffn_dim or 4 * m.embed_dim))
+    else:
+        ffn = 3 * (getattr(m, "ffn_dim", 0) or 4 * m.embed_dim)
+    per_layer = tokens * b * (12 * m.embed_dim + (getattr(m, "num_heads", 0) * cfg.data.seq_len + ffn) / tp)
+    layers = m.num_layers if remat == "none" else 1
+    saved = per_layer * layers + (tokens * m.embed_dim * b * m.num_layers if remat != "none" else 0)
+    logits = tokens * getattr(m, "vocab_size", 0) * 4 * 2 / tp
     return saved + logits
 
 
@@ -122,21 +126,21 @@ def run_config(path: str, overrides) -> int:
           f"process(es), {jax.local_device_count()} local")
     sizes = axis_sizes(mesh)
     print(f"mesh        {' x '.join(f'{a}={n}' for a, n in sizes.items())}  ({describe(mesh)})")
-    moe = cfg.model.moe
+    moe = getattr(cfg.model, "moe", None)
     tok_shards = sizes["data"] * sizes["fsdp"] * sizes["expert"]
+    experts = f"{moe.num_experts // sizes['expert']} of {moe.num_experts} experts per device; " if moe else ""
     print(f"layout      {cfg.train.batch_size // tok_shards} sequences x {cfg.data.seq_len} tokens per device; "
-          f"{moe.num_experts // sizes['expert']} of {moe.num_experts} experts per device; "
-          f"all_to_all={cfg.mesh.all_to_all}")
+          f"{experts}all_to_all={cfg.mesh.all_to_all}")
     rep = param_report(cfg, mesh)
     print(f"params      {rep['params']:,} ({_human(rep['params'])}) total, {rep['active_params']:,} "
           f"({_human(rep['active_params'])}) active per token, {rep['active_non_embedding']:,} "
           f"({_human(rep['active_non_embedding'])}) active without the input embedding")
     p = rep["param_bytes_per_device"]
-    opt = 2 * p * 4 / _DTYPE_BYTES.get(cfg.model.param_dtype, 4)  # AdamW mu and nu in fp32
+    opt = 2 * p * 4 / _DTYPE_BYTES.get(getattr(cfg.model, "param_dtype", "float32"), 4)  # AdamW mu, nu in fp32
     act = activation_bytes_per_device(cfg, mesh)
     total = p + opt + p + act  # params + AdamW state + gradients + activations
     print(f"memory/dev  params {_gib(p)} + AdamW state {_gib(opt)} + gradients {_gib(p)} + activations ~{_gib(act)} "
-          f"(rough, remat={cfg.model.remat}) = ~{_gib(total)}")
+          f"(rough, remat={getattr(cfg.model, 'remat', 'none')}) = ~{_gib(total)}")
     try:
         stats = devices[0].memory_stats() or {}
     except Exception:

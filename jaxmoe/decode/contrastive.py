@@ -25,8 +25,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxmoe.config import ModelConfig
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
 
 RANK_ROUTERS = ("topk", "moex", "readme")
 
@@ -41,7 +41,7 @@ class SCMoEConfig:
     temperature: float = 0.0  # 0 -> argmax of the score, else sample softmax(score / temperature)
 
 
-def check(cfg: ModelConfig, sc: SCMoEConfig) -> None:
+def check(cfg: LMConfig, sc: SCMoEConfig) -> None:
     """Raise ValueError (one sentence) when SCMoE cannot run on this model/settings."""
     if cfg.moe.router not in RANK_ROUTERS:
         raise ValueError(f"SCMoE needs a ranked router ({', '.join(RANK_ROUTERS)}); this model uses "
@@ -72,7 +72,7 @@ def _pick(score: jax.Array, rng: jax.Array, sc: SCMoEConfig, sample: bool) -> ja
     return jax.random.categorical(rng, score / sc.temperature, axis=-1).astype(jnp.int32)
 
 
-def contrastive_generate(params, prompt: jax.Array, cfg: ModelConfig, max_new_tokens: int, rng: jax.Array,
+def contrastive_generate(params, prompt: jax.Array, cfg: LMConfig, max_new_tokens: int, rng: jax.Array,
                          sc: SCMoEConfig = SCMoEConfig(), eos_id: int = -1, expert_mask: jax.Array | None = None,
                          force_mask: jax.Array | None = None) -> jax.Array:
     """``prompt [batch, prompt_len]`` -> new tokens ``[batch, max_new_tokens]`` (SCMoE)."""
@@ -84,7 +84,7 @@ def contrastive_generate(params, prompt: jax.Array, cfg: ModelConfig, max_new_to
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "weak_rank", "sample", "eos_id"))
-def _generate(params, prompt, cfg: ModelConfig, max_new_tokens: int, rng, numbers, weak_rank: int, sample: bool,
+def _generate(params, prompt, cfg: LMConfig, max_new_tokens: int, rng, numbers, weak_rank: int, sample: bool,
               eos_id: int, expert_mask, force_mask):
     sc = SCMoEConfig(beta=numbers[0], alpha=numbers[1], weak_rank=weak_rank, strong_temperature=numbers[2],
                      weak_temperature=numbers[3], temperature=numbers[4])  # traced numbers
@@ -110,7 +110,7 @@ def _generate(params, prompt, cfg: ModelConfig, max_new_tokens: int, rng, number
     return jnp.concatenate([toks.T, last[:, None]], axis=1) if max_new_tokens > 1 else first[:, None]
 
 
-def contrastive_text(params, cfg: ModelConfig, tokenizer, prompt: str, max_new_tokens: int = 64, *,
+def contrastive_text(params, cfg: LMConfig, tokenizer, prompt: str, max_new_tokens: int = 64, *,
                      sc: SCMoEConfig = SCMoEConfig(), seed: int = 0, expert_mask=None, force_mask=None) -> str:
     """Encode ``prompt``, decode with SCMoE, return the new text (stopping at eos)."""
     check(cfg, sc)

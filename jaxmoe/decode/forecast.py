@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmoe.config import Config, ModelConfig
+from jaxmoe.config import Config
+from jaxmoe.models.time_moe import TimeMoEConfig
 
 
 def horizon_schedule(horizon: int, horizons) -> list[int]:
@@ -55,12 +56,12 @@ def horizon_schedule(horizon: int, horizons) -> list[int]:
     return out
 
 
-def _model_cfg(cfg) -> ModelConfig:
+def _model_cfg(cfg) -> TimeMoEConfig:
     return cfg.model if isinstance(cfg, Config) else cfg
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "schedule", "horizon", "use_cache"))
-def _forecast_jit(params, values, mask, cfg: ModelConfig, schedule: tuple[int, ...], horizon: int, use_cache: bool):
+def _forecast_jit(params, values, mask, cfg: TimeMoEConfig, schedule: tuple[int, ...], horizon: int, use_cache: bool):
     """``values, mask [b, L]`` -> ``(normalised, raw)`` forecasts ``[b, horizon]``."""
     from jaxmoe.models import time_moe as tm
 
@@ -81,7 +82,7 @@ def _forecast_jit(params, values, mask, cfg: ModelConfig, schedule: tuple[int, .
     return out, out * std[..., 0] + mean[..., 0]
 
 
-def _cached_passes(params, x, cfg: ModelConfig, schedule: tuple[int, ...], head_index: dict) -> list:
+def _cached_passes(params, x, cfg: TimeMoEConfig, schedule: tuple[int, ...], head_index: dict) -> list:
     """KV-cache passes. After the prefill, every pass feeds a fixed-size chunk (the longest
     fed length) whose first ``n`` entries are the previous pass's predictions; the cache
     index advances by ``n`` only, so the padding is overwritten by the next pass before any
@@ -139,7 +140,7 @@ def forecast(params, cfg, context, horizon: int, *, use_cache: bool = True, retu
 
     Args:
       params: Time-MoE params (:func:`jaxmoe.models.time_moe.init` layout).
-      cfg: the run's Config or its ModelConfig.
+      cfg: the run's Config or its TimeMoEConfig.
       context: ``[batch, length]`` (or ``[length]``) raw values; NaN/inf = missing.
       horizon: number of future steps (>= 1).
       use_cache: KV-cache autoregression (True) or re-run the full sequence each pass.

@@ -12,8 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxmoe.config import ModelConfig
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ def sample_logits(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "eos_id"))
-def generate_tokens(params, prompt: jax.Array, cfg: ModelConfig, max_new_tokens: int, rng: jax.Array,
+def generate_tokens(params, prompt: jax.Array, cfg: LMConfig, max_new_tokens: int, rng: jax.Array,
                     sampling: SamplingConfig = SamplingConfig(), eos_id: int = -1,
                     expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None) -> jax.Array:
     """``prompt [batch, prompt_len]`` -> new tokens ``[batch, max_new_tokens]``."""
@@ -74,7 +74,7 @@ def generate_tokens(params, prompt: jax.Array, cfg: ModelConfig, max_new_tokens:
     return out
 
 
-def generate_text(params, cfg: ModelConfig, tokenizer, prompt: str, max_new_tokens: int = 64, *,
+def generate_text(params, cfg: LMConfig, tokenizer, prompt: str, max_new_tokens: int = 64, *,
                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                   expert_mask=None, force_mask=None) -> str:
     """Encode ``prompt``, generate, decode the new tokens (stopping at eos)."""

@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmoe.config import ModelConfig
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
 
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt ids, answer ids)
 
@@ -57,17 +57,17 @@ class RemixConfig:
     embedding: str = "hidden"  # "hidden": mean final hidden state of the prompt; "tokens": mean token embedding
 
 
-def default_critical_layers(cfg: ModelConfig) -> tuple[int, ...]:
+def default_critical_layers(cfg: LMConfig) -> tuple[int, ...]:
     layers = lm.moe_layer_indices(cfg)
     n = max(1, round(len(layers) * 5 / 16))
     return tuple(layers[-n:])
 
 
-def default_core_experts(cfg: ModelConfig) -> int:
+def default_core_experts(cfg: LMConfig) -> int:
     return max(cfg.moe.experts_per_token, round(cfg.moe.num_experts * 20 / 64))
 
 
-def _check(cfg: ModelConfig, rcfg: RemixConfig) -> tuple[tuple[int, ...], int]:
+def _check(cfg: LMConfig, rcfg: RemixConfig) -> tuple[tuple[int, ...], int]:
     if cfg.moe.router not in ("topk", "moex", "readme", "topp"):
         raise ValueError(f"C3PO re-mixes router scores; router {cfg.moe.router!r} has none (use topk, topp, moex or "
                          "readme).")
@@ -114,7 +114,7 @@ def pack(examples: Sequence[Example], width: int | None = None):
     return tokens, target, pos
 
 
-def _override(cfg: ModelConfig, crit: tuple[int, ...], weights: jax.Array, pos: jax.Array, seq: int):
+def _override(cfg: LMConfig, crit: tuple[int, ...], weights: jax.Array, pos: jax.Array, seq: int):
     """Per-example critical-layer weights ``[n, Lc, N]`` at ``pos [n]`` -> the
     ``weight_override [layers, n, seq, N]`` and ``override_mask [layers, n, seq]`` inputs."""
     n, _, num_experts = weights.shape
@@ -127,7 +127,7 @@ def _override(cfg: ModelConfig, crit: tuple[int, ...], weights: jax.Array, pos: 
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "crit"))
-def example_stats(params, cfg: ModelConfig, tokens, target_mask, pos, weights=None, crit: tuple[int, ...] = ()):
+def example_stats(params, cfg: LMConfig, tokens, target_mask, pos, weights=None, crit: tuple[int, ...] = ()):
     """Per-example answer loss ``[n]`` and whether teacher-forced greedy decoding gets every
     answer token right ``[n]``; with ``weights [n, Lc, N]`` the critical layers' routing
     scores of the last prompt token are replaced by them."""
@@ -142,13 +142,13 @@ def example_stats(params, cfg: ModelConfig, tokens, target_mask, pos, weights=No
     return loss, right.all(1)
 
 
-def example_losses(params, cfg: ModelConfig, tokens, target_mask, pos, weights=None, crit: tuple[int, ...] = ()):
+def example_losses(params, cfg: LMConfig, tokens, target_mask, pos, weights=None, crit: tuple[int, ...] = ()):
     """Per-example answer loss ``[n]`` (see :func:`example_stats`)."""
     return example_stats(params, cfg, tokens, target_mask, pos, weights, crit)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "crit", "embedding"))
-def routing_and_embedding(params, cfg: ModelConfig, tokens, pos, crit: tuple[int, ...], embedding: str = "hidden"):
+def routing_and_embedding(params, cfg: LMConfig, tokens, pos, crit: tuple[int, ...], embedding: str = "hidden"):
     """Router scores of the last prompt token in the critical layers ``[n, Lc, N]`` and
     the prompt embedding ``[n, D]``."""
     _, aux = lm.apply(params, tokens, cfg, return_probs=True, return_hidden=True)
@@ -195,7 +195,7 @@ class ReferenceSet:
                                             if f.name != "critical_layers"})
 
 
-def build_reference(params, cfg: ModelConfig, examples: Sequence[Example], *, rcfg: RemixConfig = RemixConfig(),
+def build_reference(params, cfg: LMConfig, examples: Sequence[Example], *, rcfg: RemixConfig = RemixConfig(),
                     weights: np.ndarray | None = None, width: int | None = None) -> ReferenceSet:
     """Reference set from ``examples``. ``weights [n, Lc, N]`` gives known-good routing
     weights of the critical layers (the model's own when None); losses and ``solved`` are
@@ -237,7 +237,7 @@ def _core_mask(w: np.ndarray, core: int) -> np.ndarray:
     return mask
 
 
-def _objective(w, params, cfg: ModelConfig, tokens, target, pos, kernel, crit):
+def _objective(w, params, cfg: LMConfig, tokens, target, pos, kernel, crit):
     """Kernel-weighted mean answer loss of the neighbours, all running with weights ``w``."""
     n = tokens.shape[0]
     losses = example_losses(params, cfg, tokens, target, pos, jnp.broadcast_to(w, (n,) + w.shape), crit)
@@ -248,7 +248,7 @@ def _objective(w, params, cfg: ModelConfig, tokens, target, pos, kernel, crit):
 _neighbour_grad = jax.jit(jax.value_and_grad(_objective), static_argnames=("cfg", "crit"))
 
 
-def remix(params, cfg: ModelConfig, reference: ReferenceSet, prompt: Sequence[int], *,
+def remix(params, cfg: LMConfig, reference: ReferenceSet, prompt: Sequence[int], *,
           rcfg: RemixConfig = RemixConfig()) -> RemixResult:
     """Re-mix the critical-layer routing weights of one test ``prompt`` (token ids)."""
     crit, core = _check(cfg, rcfg)
@@ -299,7 +299,7 @@ def remix(params, cfg: ModelConfig, reference: ReferenceSet, prompt: Sequence[in
     return RemixResult(np.asarray(w, np.float32), w0, nb, kernel, before, float(after), alpha, crit)
 
 
-def answer_losses(params, cfg: ModelConfig, examples: Sequence[Example],
+def answer_losses(params, cfg: LMConfig, examples: Sequence[Example],
                   results: Sequence[RemixResult] | None = None) -> np.ndarray:
     """Answer loss ``[n]`` of each example, with its re-mixed weights (``results[i]``)
     or, without ``results``, with the model's own routing."""
@@ -313,7 +313,7 @@ def answer_losses(params, cfg: ModelConfig, examples: Sequence[Example],
     return np.asarray(example_losses(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos), w, crit))
 
 
-def generate_remixed(params, cfg: ModelConfig, prompt: Sequence[int], max_new_tokens: int,
+def generate_remixed(params, cfg: LMConfig, prompt: Sequence[int], max_new_tokens: int,
                      result: RemixResult | None = None) -> list[int]:
     """Greedy continuation of ``prompt`` whose last prompt token routes with the re-mixed
     weights (the rest routes as usual)."""
@@ -326,7 +326,7 @@ def generate_remixed(params, cfg: ModelConfig, prompt: Sequence[int], max_new_to
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "crit"))
-def _greedy(params, cfg: ModelConfig, prompt, max_new_tokens: int, weights, crit):
+def _greedy(params, cfg: LMConfig, prompt, max_new_tokens: int, weights, crit):
     b, plen = prompt.shape
     cache = lm.init_cache(cfg, b, plen + max_new_tokens)
     kw = {}

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmoe.config import ModelConfig
 from jaxmoe.models import lm
+from jaxmoe.models.lm import LMConfig
 
 
 # ------------------------------------------------------------------------------ masks
@@ -50,7 +50,7 @@ def parse_pairs(spec: str | None) -> list[tuple[int, int]]:
     return out
 
 
-def router_masks(cfg: ModelConfig, disable: str | Sequence[tuple[int, int]] | None = None,
+def router_masks(cfg: LMConfig, disable: str | Sequence[tuple[int, int]] | None = None,
                  force: str | Sequence[tuple[int, int]] | None = None, *, fill: bool = False):
     """``(expert_mask, force_mask)``: ``[num_layers, num_experts]`` bool numpy arrays (or
     None when nothing is disabled/forced, unless ``fill``: then neutral masks, so that
@@ -99,14 +99,14 @@ def router_masks(cfg: ModelConfig, disable: str | Sequence[tuple[int, int]] | No
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _assignments(params, tokens, cfg: ModelConfig, expert_mask=None, force_mask=None):
+def _assignments(params, tokens, cfg: LMConfig, expert_mask=None, force_mask=None):
     """Per MoE layer and token, which experts are in the token's set: ``[L, b*s, N]``."""
     _, aux = lm.apply(params, tokens, cfg, expert_mask=expert_mask, force_mask=force_mask)
     oh = jax.nn.one_hot(aux["expert_ids"], cfg.moe.num_experts, dtype=jnp.float32)  # [L, T, K, N]
     return (oh * aux["expert_valid"][..., None]).max(2)
 
 
-def _width(token_lists, cfg: ModelConfig) -> int:
+def _width(token_lists, cfg: LMConfig) -> int:
     """Padded prompt width: a power of two >= 16 (few compiled shapes), at most max_seq_len."""
     longest = max((len(t) for t in token_lists), default=0)
     if longest > cfg.max_seq_len:
@@ -114,7 +114,7 @@ def _width(token_lists, cfg: ModelConfig) -> int:
     return min(cfg.max_seq_len, max(16, 1 << (longest - 1).bit_length()))
 
 
-def expert_frequencies(params, cfg: ModelConfig, token_lists: Sequence[Sequence[int]], *, batch_size: int = 16,
+def expert_frequencies(params, cfg: LMConfig, token_lists: Sequence[Sequence[int]], *, batch_size: int = 16,
                        width: int | None = None, expert_mask=None, force_mask=None) -> tuple[np.ndarray, int]:
     """Fraction of prompt tokens whose routed set contains each expert: ``([moe layers,
     experts], number of tokens)``. Prompts are right-padded (the model is causal, so
@@ -142,7 +142,7 @@ def expert_frequencies(params, cfg: ModelConfig, token_lists: Sequence[Sequence[
     return counts / total, total
 
 
-def profile_experts(params, cfg: ModelConfig, prompts_a: Sequence[str], prompts_b: Sequence[str], tokenizer,
+def profile_experts(params, cfg: LMConfig, prompts_a: Sequence[str], prompts_b: Sequence[str], tokenizer,
                     *, batch_size: int = 16) -> dict:
     """Activation frequency per (layer, expert) on two prompt sets, their difference and
     the experts ranked by it (A-specific first)."""

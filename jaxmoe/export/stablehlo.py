@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmoe.config import ModelConfig
 from jaxmoe.export.safetensors_io import SafetensorsReader, save_sharded
+from jaxmoe.models.lm import LMConfig
 
 ARTIFACT = "decode_step.jax_export"
 DEFAULT_PLATFORMS = ("cpu", "cuda")
@@ -43,7 +43,7 @@ def _names(tree) -> list[str]:
     return out
 
 
-def export_decode_step(cfg: ModelConfig, params, out_dir: str | Path, *, batch: int = 1, max_len: int | None = None,
+def export_decode_step(cfg: LMConfig, params, out_dir: str | Path, *, batch: int = 1, max_len: int | None = None,
                        platforms: tuple[str, ...] | None = None, shard_size: int | str = "2GB") -> Path:
     """Serialize ``lm.decode_step`` for ``[batch]`` tokens and a cache of ``max_len`` positions.
 

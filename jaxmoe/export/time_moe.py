@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxmoe.config import Config, ConfigError, ModelConfig, validate
+from jaxmoe.config import Config, ConfigError, validate
+from jaxmoe.models.time_moe import TimeMoEConfig
 
 # ----------------------------------------------------------------------- safetensors
 
@@ -64,14 +65,14 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------- layout
 
 
-def _dims(m: ModelConfig) -> dict[str, int]:
+def _dims(m: TimeMoEConfig) -> dict[str, int]:
     from jaxmoe.models.time_moe import expert_width, ffn_width
 
     return dict(E=m.embed_dim, H=m.num_heads, KV=m.kv_heads, D=m.head_size, F=ffn_width(m), f=expert_width(m),
                 N=m.moe.num_experts, C=m.input_size, L=m.num_layers)
 
 
-def hf_layout(m: ModelConfig) -> dict[str, tuple[int, ...]]:
+def hf_layout(m: TimeMoEConfig) -> dict[str, tuple[int, ...]]:
     """Every HF tensor name of a model with this config and its torch shape."""
     d = _dims(m)
     E, H, KV, D, F, f, N, C = (d[k] for k in ("E", "H", "KV", "D", "F", "f", "N", "C"))
@@ -102,7 +103,7 @@ def hf_layout(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def to_hf_state_dict(params, m: ModelConfig) -> dict[str, np.ndarray]:
+def to_hf_state_dict(params, m: TimeMoEConfig) -> dict[str, np.ndarray]:
     """jaxmoe Time-MoE params -> HF tensor dict (numpy, same dtype as the params)."""
     m = m.model if isinstance(m, Config) else m
     p = _to_numpy(params)
@@ -155,7 +156,7 @@ def _to_numpy(tree):
     return np.asarray(tree)
 
 
-def from_hf_state_dict(tensors: dict[str, np.ndarray], m: ModelConfig, dtype=None) -> dict:
+def from_hf_state_dict(tensors: dict[str, np.ndarray], m: TimeMoEConfig, dtype=None) -> dict:
     """HF tensor dict -> jaxmoe Time-MoE params (numpy arrays; cast to ``dtype`` if given).
 
     Raises ValueError naming the first missing, unexpected or mis-shaped tensor.
@@ -216,7 +217,7 @@ def from_hf_state_dict(tensors: dict[str, np.ndarray], m: ModelConfig, dtype=Non
 # ------------------------------------------------------------------------- config
 
 
-def hf_config(m: ModelConfig) -> dict[str, Any]:
+def hf_config(m: TimeMoEConfig) -> dict[str, Any]:
     """``config.json`` contents of a ``TimeMoeForPrediction`` model."""
     m = m.model if isinstance(m, Config) else m
     from jaxmoe.models.time_moe import ffn_width
@@ -260,12 +261,17 @@ def config_from_hf(hf: dict[str, Any], base: Config | None = None, output_dir: s
         heads = int(hf["num_attention_heads"])
         kv = int(hf.get("num_key_value_heads") or heads)
         given = base is not None
-        base = base or Config()
-        moe = dataclasses.replace(base.model.moe, num_experts=int(hf.get("num_experts", 8)),
+        base = base or Config(model=TimeMoEConfig())
+        start = base.model
+        if not isinstance(start, TimeMoEConfig):  # keep what another family's config shares with Time-MoE
+            shared = {f.name for f in dataclasses.fields(TimeMoEConfig)} - {"family"}
+            start = TimeMoEConfig(**{f.name: getattr(start, f.name) for f in dataclasses.fields(start)
+                                     if f.name in shared})
+        moe = dataclasses.replace(start.moe, num_experts=int(hf.get("num_experts", 8)),
                                   experts_per_token=int(hf.get("num_experts_per_tok", 2)))
         aux = float(hf.get("router_aux_loss_factor", 0.02)) if hf.get("apply_aux_loss", True) else 0.0
         model = dataclasses.replace(
-            base.model, family="time_moe", embed_dim=embed, num_layers=int(hf["num_hidden_layers"]),
+            start, embed_dim=embed, num_layers=int(hf["num_hidden_layers"]),
             num_heads=heads, num_kv_heads=0 if kv == heads else kv, head_dim=0,
             ffn_dim=int(hf.get("intermediate_size", 4 * embed)), horizons=tuple(int(h) for h in hf.get("horizon_lengths", (1,))),
             input_size=int(hf.get("input_size", 1)), max_seq_len=int(hf.get("max_position_embeddings", 4096)),

@@ -18,13 +18,15 @@ Public API: :func:`init`, :func:`apply`, :func:`init_cache`, :func:`prefill`,
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
 
-from jaxmoe.config import ModelConfig, layer_kinds
-from jaxmoe.models.stack import Group, make_groups, scan_group, take_layers
+from jaxmoe.config import check
+from jaxmoe.models.base import TransformerConfig
+from jaxmoe.models.stack import Group, LayerKind, make_groups, scan_group, take_layers
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.nn import attention as attn_lib
 from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
@@ -33,23 +35,76 @@ from jaxmoe.parallel.sharding import constrain
 
 from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
 
+if TYPE_CHECKING:
+    from jaxmoe.config import Config
 
-def compute_dtype(cfg: ModelConfig):
+MIXER_KINDS = ("attn", "mamba", "diag_ssm")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig(TransformerConfig):
+    """Decoder language model (``model.family: lm``): attention options (GQA, biases,
+    QK-norm, MLA), the vocabulary and head, and hybrid SSM mixers."""
+
+    family: Literal["lm"] = "lm"
+    vocab_size: int = 259
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    qk_norm_scope: Literal["head", "full"] = "head"  # RMSNorm per head (Qwen3) or over the whole q/k projection (OLMoE)
+    attention_type: Literal["mha", "mla"] = "mha"  # mla: Multi-head Latent Attention (DeepSeek-V2/V3)
+    q_lora_rank: int = 0  # MLA: low-rank query compression (0 -> plain query projection)
+    kv_lora_rank: int = 64  # MLA: width of the cached key/value latent
+    qk_nope_head_dim: int = 32  # MLA: per-head query/key dims without RoPE
+    qk_rope_head_dim: int = 16  # MLA: per-head query dims (and shared key dims) with RoPE
+    v_head_dim: int = 32  # MLA: per-head value dim
+    tie_embeddings: bool = False
+    layer_pattern: tuple[str, ...] = ()  # hybrid stacks, e.g. ("mamba", "attn"); empty -> all "attn"
+    ssm_state_dim: int = 16  # hybrid SSM mixers: Mamba N / diagonal SSM state
+    ssm_conv_dim: int = 4
+    ssm_expand: int = 2
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        m = self
+        check(m.vocab_size > 0, f"model.vocab_size must be positive, got {m.vocab_size}.")
+        if m.attention_type == "mla":
+            check(m.kv_lora_rank > 0 and m.v_head_dim > 0 and m.qk_nope_head_dim >= 0 and m.q_lora_rank >= 0,
+                  "model.kv_lora_rank and model.v_head_dim must be positive, model.qk_nope_head_dim and "
+                  "model.q_lora_rank >= 0 (0 = plain query projection) for attention_type=mla.")
+            check(m.qk_rope_head_dim > 0 and m.qk_rope_head_dim % 2 == 0,
+                  f"model.qk_rope_head_dim={m.qk_rope_head_dim} must be positive and even for attention_type=mla.")
+        for kind in m.layer_pattern:
+            check(kind in MIXER_KINDS,
+                  f"model.layer_pattern entry {kind!r} is not valid; choose from {', '.join(MIXER_KINDS)}.")
+
+
+def layer_kinds(m: LMConfig) -> list[LayerKind]:
+    """Per layer ``(mixer, ffn)``: mixer in {attn, mamba, diag_ssm}; ffn in {moe, dense}."""
+    pattern = m.layer_pattern or ("attn",)
+    out = []
+    for i in range(m.num_layers):
+        mixer = pattern[i % len(pattern)]
+        is_moe = i >= m.moe.first_k_dense and (i + 1 - m.moe.first_k_dense) % m.moe.moe_every == 0
+        out.append((mixer, "moe" if is_moe else "dense"))
+    return out
+
+
+def compute_dtype(cfg: LMConfig):
     return DTYPES[cfg.dtype]
 
 
-def groups(cfg: ModelConfig) -> list[Group]:
+def groups(cfg: LMConfig) -> list[Group]:
     return make_groups(layer_kinds(cfg), cfg.moe.first_k_dense, len(cfg.layer_pattern or ("attn",)), cfg.moe.moe_every)
 
 
-def moe_layer_indices(cfg: ModelConfig) -> list[int]:
+def moe_layer_indices(cfg: LMConfig) -> list[int]:
     return [i for i, (_, ffn) in enumerate(layer_kinds(cfg)) if ffn == "moe"]
 
 
 # ------------------------------------------------------------------------------ init
 
 
-def _init_mixer(key, kind: str, cfg: ModelConfig):
+def _init_mixer(key, kind: str, cfg: LMConfig):
     if kind == "attn" and cfg.attention_type == "mla":
         from jaxmoe.nn import mla
 
@@ -65,7 +120,7 @@ def _init_mixer(key, kind: str, cfg: ModelConfig):
     return hybrid.init_ssm_mixer(key, kind, cfg)
 
 
-def _init_block(key, kind, cfg: ModelConfig):
+def _init_block(key, kind, cfg: LMConfig):
     mixer, ffn = kind
     k = split(key, ["mixer", "ffn"])
     p = {"mixer_norm": init_rmsnorm(cfg.embed_dim), "mixer": _init_mixer(k["mixer"], mixer, cfg),
@@ -77,7 +132,7 @@ def _init_block(key, kind, cfg: ModelConfig):
     return p
 
 
-def init_boxed(key, cfg: ModelConfig) -> dict:
+def init_boxed(key, cfg: LMConfig) -> dict:
     """Params with their logical axes (``Boxed`` leaves)."""
     k = split(key, ["embed", "groups", "head"])
     p = {"embed": init_embedding(k["embed"], cfg.vocab_size, cfg.embed_dim, cfg.init_std)}
@@ -100,12 +155,12 @@ def init_boxed(key, cfg: ModelConfig) -> dict:
     return p
 
 
-def init(key, cfg: ModelConfig) -> dict:
+def init(key, cfg: LMConfig) -> dict:
     """Random fp32 params (nested dicts/lists of arrays)."""
     return unbox_params(init_boxed(key, cfg), cfg.param_dtype)
 
 
-def param_axes(cfg: ModelConfig) -> Any:
+def param_axes(cfg: LMConfig) -> Any:
     """Logical axis names of every param (same tree structure as :func:`init`)."""
     return logical_axes(init_boxed, jax.random.PRNGKey(0), cfg)
 
@@ -113,7 +168,7 @@ def param_axes(cfg: ModelConfig) -> Any:
 # ----------------------------------------------------------------------------- cache
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=None) -> dict:
+def init_cache(cfg: LMConfig, batch: int, max_len: int | None = None, dtype=None) -> dict:
     """Decode cache: ``{"index": int32, "groups": [[per-position stacked layer caches]]}``.
 
     Attention layers hold ``k, v [layers, batch, max_len, kv_heads, head_dim]`` (MLA layers:
@@ -149,7 +204,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=N
 # --------------------------------------------------------------------------- forward
 
 
-def _block(p, h, kind, cfg: ModelConfig, positions, layer_cache, cache_index, expert_mask, force_mask,
+def _block(p, h, kind, cfg: LMConfig, positions, layer_cache, cache_index, expert_mask, force_mask,
            router_inputs=None):
     mixer, ffn = kind
     x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
@@ -174,7 +229,7 @@ def _block(p, h, kind, cfg: ModelConfig, positions, layer_cache, cache_index, ex
     return constrain(h + y, ("batch", "seq", "embed")), new_cache, aux  # no-op without a multi-device mesh
 
 
-def forward(params, tokens: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
+def forward(params, tokens: jax.Array, cfg: LMConfig, *, cache: dict | None = None,
             expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None,
             return_hidden: bool = False, rng: jax.Array | None = None, rank_select: int | None = None,
             weight_override: jax.Array | None = None, override_mask: jax.Array | None = None,
@@ -264,7 +319,7 @@ def forward(params, tokens: jax.Array, cfg: ModelConfig, *, cache: dict | None =
     return logits.astype(jnp.float32), aux, new_cache
 
 
-def _collect_aux(moe_aux, cfg: ModelConfig) -> dict:
+def _collect_aux(moe_aux, cfg: LMConfig) -> dict:
     if not moe_aux:
         zero = jnp.float32(0.0)
         return {"aux_loss": zero, "balance_loss": zero, "dropped_frac": zero,
@@ -287,20 +342,20 @@ def _collect_aux(moe_aux, cfg: ModelConfig) -> dict:
     return out
 
 
-def apply(params, tokens: jax.Array, cfg: ModelConfig, **kwargs) -> tuple[jax.Array, dict]:
+def apply(params, tokens: jax.Array, cfg: LMConfig, **kwargs) -> tuple[jax.Array, dict]:
     """Full forward without a cache: ``tokens [batch, seq] -> (logits [batch, seq, vocab], aux)``."""
     logits, aux, _ = forward(params, tokens, cfg, **kwargs)
     return logits, aux
 
 
-def prefill(params, tokens: jax.Array, cfg: ModelConfig, cache: dict, **kwargs) -> tuple[jax.Array, dict]:
+def prefill(params, tokens: jax.Array, cfg: LMConfig, cache: dict, **kwargs) -> tuple[jax.Array, dict]:
     """Run a prompt ``[batch, seq]`` through the model, filling the cache.
     Returns ``(logits [batch, seq, vocab], cache)``."""
     logits, _, cache = forward(params, tokens, cfg, cache=cache, **kwargs)
     return logits, cache
 
 
-def decode_step(params, token: jax.Array, cfg: ModelConfig, cache: dict, **kwargs) -> tuple[jax.Array, dict]:
+def decode_step(params, token: jax.Array, cfg: LMConfig, cache: dict, **kwargs) -> tuple[jax.Array, dict]:
     """One decoding step: ``token [batch]`` -> ``(logits [batch, vocab], cache)``."""
     logits, _, cache = forward(params, token[:, None], cfg, cache=cache, **kwargs)
     return logits[:, 0], cache
@@ -322,7 +377,7 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None 
     return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+def loss_fn(params, batch: dict, cfg: LMConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``batch["tokens"] [batch, seq+1]`` -> ``(loss, metrics)``; loss = CE + router aux losses.
 
     THOR (``router: thor``) trains with two stochastic passes and a consistency loss

@@ -10,12 +10,13 @@
 Loss: softmax cross-entropy (fp32); metrics ``accuracy``. The sklearn digits read pixel by
 pixel (64 steps, 17 pixel values) are the demo task (``configs/lssl_digits.yaml``).
 
-Model config: ``embed_dim`` (H), ``num_layers``, ``ssm_state_dim`` (N; LSSL paper 256,
-64 in small configs), ``vocab_size``, ``num_classes``, ``pooling``, ``dropout_rate``, and
-extra options ``lssl_mode`` (``convolution`` | ``recurrent`` | ``parallel``, default
-convolution), ``a_mode`` (``fixed`` | ``shared`` | ``per_feature``), ``measure``
-(``legs`` | ``legt``), ``discretization`` (bilinear alpha or ``zoh``, default 0.5) and
-``dt_min`` / ``dt_max`` (range of the log-uniform initial step sizes, default 1e-3 / 1e-1).
+Model config (:class:`LSSLClassifierConfig`): ``embed_dim`` (H), ``num_layers``,
+``ssm_state_dim`` (N; LSSL paper 256, 64 in small configs), ``vocab_size``, ``num_classes``,
+``pooling``, ``dropout_rate``, ``lssl_mode`` (``convolution`` | ``recurrent`` |
+``parallel``, default convolution), ``a_mode`` (``fixed`` | ``shared`` | ``per_feature``),
+``measure`` (``legs`` | ``legt``), ``discretization`` (bilinear alpha or ``zoh``, default
+0.5) and ``dt_min`` / ``dt_max`` (range of the log-uniform initial step sizes, default
+1e-3 / 1e-1).
 
 Params::
 
@@ -29,36 +30,59 @@ Batches: ``{"tokens": int32 [batch, seq], "labels": int32 [batch]}``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxmoe.config import Config, ConfigError, ModelConfig
+from jaxmoe.config import Config, ConfigError, ModelConfig, check
 from jaxmoe.nn.init import logical_axes, split, stack_boxed, unbox
 from jaxmoe.nn.layers import embed, init_embedding, init_layernorm, init_linear, layernorm, linear
 from jaxmoe.ssm.lssl import init_lssl, lssl
 
 
-def _opts(cfg: ModelConfig) -> dict:
-    disc = cfg.option("discretization", 0.5)
-    if isinstance(disc, str) and disc != "zoh":
-        disc = float(disc)
-    return {"mode": cfg.option("lssl_mode", "convolution"), "measure": cfg.option("measure", "legs"),
-            "discretization": disc}
+@dataclasses.dataclass(frozen=True)
+class LSSLClassifierConfig(ModelConfig):
+    """LSSL sequence classifier (``model.family: lssl_classifier``): vocabulary, classes,
+    pooling, state size, dropout, and the LSSL layer's view, A, measure, discretisation and
+    initial step sizes."""
+
+    family: Literal["lssl_classifier"] = "lssl_classifier"
+    vocab_size: int = 259  # inputs are ids < vocab_size
+    num_classes: int = 10
+    pooling: Literal["mean", "last"] = "mean"
+    ssm_state_dim: int = 16  # HiPPO state size N
+    dropout_rate: float = 0.0
+    lssl_mode: Literal["convolution", "recurrent", "parallel"] = "convolution"
+    a_mode: Literal["fixed", "shared", "per_feature"] = "fixed"
+    measure: Literal["legs", "legt"] = "legs"
+    discretization: float | Literal["zoh"] = 0.5  # generalised-bilinear alpha (0.5: bilinear) or zoh
+    dt_min: float = 1e-3  # initial dt log-uniform in [dt_min, dt_max]
+    dt_max: float = 1e-1
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        m = self
+        check(m.vocab_size > 0, f"model.vocab_size must be positive, got {m.vocab_size}.")
+        check(m.num_classes >= 2, f"model.num_classes={m.num_classes} must be >= 2.")
+        check(0.0 <= m.dropout_rate < 1.0, f"model.dropout_rate={m.dropout_rate} must be in [0, 1).")
 
 
-def init_boxed(key: jax.Array, cfg: ModelConfig) -> dict:
+def _opts(cfg: LSSLClassifierConfig) -> dict:
+    return {"mode": cfg.lssl_mode, "measure": cfg.measure, "discretization": cfg.discretization}
+
+
+def init_boxed(key: jax.Array, cfg: LSSLClassifierConfig) -> dict:
     """Boxed params (logical axes) of an LSSL classifier."""
     k = split(key, ["embed", "layers", "head"])
     h = cfg.embed_dim
     layer = lambda kk: {"norm": init_layernorm(h),  # noqa: E731
-                        "lssl": init_lssl(kk, h, state_size=cfg.ssm_state_dim, a_mode=cfg.option("a_mode", "fixed"),
-                                          measure=cfg.option("measure", "legs"),
-                                          dt_min=float(cfg.option("dt_min", 1e-3)),
-                                          dt_max=float(cfg.option("dt_max", 1e-1)))}
+                        "lssl": init_lssl(kk, h, state_size=cfg.ssm_state_dim, a_mode=cfg.a_mode, measure=cfg.measure,
+                                          dt_min=cfg.dt_min, dt_max=cfg.dt_max)}
     return {
         "embed": init_embedding(k["embed"], cfg.vocab_size, h, std=1.0),
         "layers": stack_boxed(layer, k["layers"], cfg.num_layers, "layers"),
@@ -67,15 +91,15 @@ def init_boxed(key: jax.Array, cfg: ModelConfig) -> dict:
     }
 
 
-def init(key: jax.Array, cfg: ModelConfig) -> dict:
+def init(key: jax.Array, cfg: LSSLClassifierConfig) -> dict:
     return unbox(init_boxed(key, cfg))
 
 
-def param_axes(cfg: ModelConfig):
+def param_axes(cfg: LSSLClassifierConfig):
     return logical_axes(init_boxed, jax.random.PRNGKey(0), cfg)
 
 
-def features(params: dict, tokens: jax.Array, cfg: ModelConfig, rng: jax.Array | None = None) -> jax.Array:
+def features(params: dict, tokens: jax.Array, cfg: LSSLClassifierConfig, rng: jax.Array | None = None) -> jax.Array:
     """Per-step features after the final norm: ``tokens [batch, seq] -> [batch, seq, H]`` fp32."""
     params = unbox(params)
     h = embed(params["embed"], tokens, jnp.float32)
@@ -93,14 +117,14 @@ def features(params: dict, tokens: jax.Array, cfg: ModelConfig, rng: jax.Array |
     return layernorm(params["final_norm"], h)
 
 
-def apply(params: dict, tokens: jax.Array, cfg: ModelConfig, rng: jax.Array | None = None) -> jax.Array:
+def apply(params: dict, tokens: jax.Array, cfg: LSSLClassifierConfig, rng: jax.Array | None = None) -> jax.Array:
     """Class logits ``[batch, num_classes]`` fp32 for ``tokens [batch, seq]``."""
     h = features(params, tokens, cfg, rng)
     pooled = h[:, -1] if cfg.pooling == "last" else jnp.mean(h, axis=1)
     return linear(unbox(params)["head"], pooled).astype(jnp.float32)
 
 
-def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None):
+def loss_fn(params, batch: dict, cfg: LSSLClassifierConfig, rng: jax.Array | None = None):
     """``batch{"tokens", "labels"}`` -> ``(cross-entropy, {"accuracy"})``; ``rng`` enables dropout."""
     logits = apply(params, batch["tokens"], cfg, rng)
     labels = batch["labels"].astype(jnp.int32)

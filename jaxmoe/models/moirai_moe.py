@@ -72,16 +72,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmoe.config import Config, ConfigError, ModelConfig, MoEConfig
+from jaxmoe.config import Config, ConfigError, check
 from jaxmoe.models import distributions as dist
+from jaxmoe.models.base import TransformerConfig
 from jaxmoe.models.series import align_to_first_observation
 from jaxmoe.models.stack import scan_group
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.moe.router import Routing
 from jaxmoe.nn import attention as attn_lib
@@ -93,19 +95,44 @@ from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def _model_cfg(cfg) -> ModelConfig:
+@dataclasses.dataclass(frozen=True)
+class MoiraiMoEConfig(TransformerConfig):
+    """Moirai-MoE style forecaster (``model.family: moirai_moe``): points per patch token,
+    components of the mixture distribution head, and the MoE gating: a learned top-k router,
+    or fixed per-layer centroids ("centroid": top-k of the distances as in the released
+    code; "centroid_nearest": the k nearest)."""
+
+    family: Literal["moirai_moe"] = "moirai_moe"
+    patch_size: int = 16
+    mixture_components: tuple[str, ...] = ("student_t", "normal_fixed", "negative_binomial", "log_normal")
+    moirai_gating: Literal["learned", "centroid", "centroid_nearest"] = "learned"
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        m, d = self, cfg.data
+        comps = ("student_t", "normal", "normal_fixed", "negative_binomial", "log_normal")
+        check(m.patch_size >= 1 and d.seq_len % m.patch_size == 0,
+              f"data.seq_len={d.seq_len} must be a positive multiple of model.patch_size={m.patch_size}.")
+        check(len(m.mixture_components) > 0 and len(set(m.mixture_components)) == len(m.mixture_components)
+              and all(c in comps for c in m.mixture_components)
+              and any(c in comps[:3] for c in m.mixture_components),
+              f"model.mixture_components={list(m.mixture_components)} must be distinct names from {', '.join(comps)}, "
+              "including one of student_t, normal, normal_fixed (negative values need a real-valued component).")
+
+
+def _model_cfg(cfg) -> MoiraiMoEConfig:
     return cfg.model if isinstance(cfg, Config) else cfg
 
 
-def compute_dtype(cfg: ModelConfig):
+def compute_dtype(cfg: MoiraiMoEConfig):
     return DTYPES[cfg.dtype]
 
 
-def num_raw_params(cfg: ModelConfig) -> int:
+def num_raw_params(cfg: MoiraiMoEConfig) -> int:
     return dist.num_raw_params(_model_cfg(cfg).mixture_components)
 
 
-def moe_config(cfg: ModelConfig) -> MoEConfig:
+def moe_config(cfg: MoiraiMoEConfig) -> MoEConfig:
     """The MoEConfig of every FFN: routed SwiGLU experts only, softmax top-k renormalised
     over the chosen experts (learned gating). With centroid gating the router (and its
     losses) is replaced by :func:`centroid_routing`."""
@@ -122,7 +149,7 @@ def moe_config(cfg: ModelConfig) -> MoEConfig:
 # ------------------------------------------------------------------------------ init
 
 
-def _init_block(key, cfg: ModelConfig) -> dict:
+def _init_block(key, cfg: MoiraiMoEConfig) -> dict:
     k = split(key, ["mixer", "ffn", "centroids"])
     ffn = init_moe(k["ffn"], cfg.embed_dim, moe_config(cfg), cfg.init_std)
     if cfg.moirai_gating != "learned":
@@ -137,7 +164,7 @@ def _init_block(key, cfg: ModelConfig) -> dict:
     }
 
 
-def init_boxed(key, cfg: ModelConfig) -> dict:
+def init_boxed(key, cfg: MoiraiMoEConfig) -> dict:
     """Params with their logical axes (``Boxed`` leaves)."""
     cfg = _model_cfg(cfg)
     p, d, std = cfg.patch_size, cfg.embed_dim, cfg.init_std
@@ -152,18 +179,18 @@ def init_boxed(key, cfg: ModelConfig) -> dict:
     }
 
 
-def init(key, cfg: ModelConfig) -> dict:
+def init(key, cfg: MoiraiMoEConfig) -> dict:
     """Random params: normal(0, init_std) kernels, zero biases, unit norms (centroids N(0, 1))."""
     cfg = _model_cfg(cfg)
     return unbox_params(init_boxed(key, cfg), cfg.param_dtype)
 
 
-def param_axes(cfg: ModelConfig) -> Any:
+def param_axes(cfg: MoiraiMoEConfig) -> Any:
     """Logical axis names of every param (same tree structure as :func:`init`)."""
     return logical_axes(init_boxed, jax.random.PRNGKey(0), _model_cfg(cfg))
 
 
-def param_counts(cfg: ModelConfig) -> dict[str, int]:
+def param_counts(cfg: MoiraiMoEConfig) -> dict[str, int]:
     """``{"total", "active"}`` parameter counts (active: k of the experts per token)."""
     cfg = _model_cfg(cfg)
     shapes = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), cfg))
@@ -172,7 +199,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     return {"total": total, "active": total - per_expert * (cfg.moe.num_experts - cfg.moe.experts_per_token)}
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_tokens: int, dtype=None) -> dict:
+def init_cache(cfg: MoiraiMoEConfig, batch: int, max_tokens: int, dtype=None) -> dict:
     """KV cache ``{"index": int32, "layers": {"k","v": [layers, batch, max_tokens, kv_heads, head_dim]}}``."""
     cfg = _model_cfg(cfg)
     one = attn_lib.init_kv_cache(batch, max_tokens, cfg.kv_heads, cfg.head_size, dtype or compute_dtype(cfg))
@@ -205,7 +232,7 @@ def partial_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return jnp.concatenate([apply_rope(x[..., :r], positions, theta), x[..., r:]], axis=-1)
 
 
-def attention(params, x: jax.Array, positions: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
+def attention(params, x: jax.Array, positions: jax.Array, cfg: MoiraiMoEConfig, *, cache: dict | None = None,
               cache_index: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
     """Causal attention over patch tokens: no biases, per-head QK RMSNorm, RoPE on half the
     head dims. ``x [batch, seq, embed]``, ``positions [batch, seq]``; with a cache
@@ -258,7 +285,7 @@ def centroid_routing(x: jax.Array, centroids: jax.Array, k: int, nearest: bool =
     return Routing(ids.astype(jnp.int32), jax.nn.softmax(top, axis=-1), jax.nn.softmax(scores, axis=-1), scores)
 
 
-def _block(p, h, cfg: ModelConfig, mcfg: MoEConfig, positions, layer_cache, cache_index):
+def _block(p, h, cfg: MoiraiMoEConfig, mcfg: MoEConfig, positions, layer_cache, cache_index):
     x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
     y, new_cache = attention(p["mixer"], x, positions, cfg, cache=layer_cache, cache_index=cache_index)
     h = h + y
@@ -272,7 +299,7 @@ def _block(p, h, cfg: ModelConfig, mcfg: MoEConfig, positions, layer_cache, cach
     return h + y, new_cache, {"aux_loss": aux["aux_loss"], "load": aux["load"], "expert_ids": aux["expert_ids"]}
 
 
-def trunk(params, patches: jax.Array, mask: jax.Array, cfg: ModelConfig, *, cache: dict | None = None):
+def trunk(params, patches: jax.Array, mask: jax.Array, cfg: MoiraiMoEConfig, *, cache: dict | None = None):
     """Embedding + blocks + final norm.
 
     Args:
@@ -301,7 +328,7 @@ def trunk(params, patches: jax.Array, mask: jax.Array, cfg: ModelConfig, *, cach
     return h, aux, new_cache
 
 
-def distribution_params(params, hidden: jax.Array, cfg: ModelConfig) -> dict:
+def distribution_params(params, hidden: jax.Array, cfg: MoiraiMoEConfig) -> dict:
     """``hidden [batch, tokens, embed]`` -> mixture params of the next patch, leaves
     ``[batch, tokens, P]`` (``weights_logits [batch, tokens, P, components]``); the head is
     computed in fp32 whatever the compute dtype."""
@@ -311,13 +338,13 @@ def distribution_params(params, hidden: jax.Array, cfg: ModelConfig) -> dict:
     return dist.domain_map(raw, cfg.mixture_components)
 
 
-def forward(params, patches: jax.Array, mask: jax.Array, cfg: ModelConfig, *, cache: dict | None = None):
+def forward(params, patches: jax.Array, mask: jax.Array, cfg: MoiraiMoEConfig, *, cache: dict | None = None):
     """``(distribution params of the next patch per token, aux, new_cache)``."""
     hidden, aux, new_cache = trunk(params, patches, mask, cfg, cache=cache)
     return distribution_params(params, hidden, cfg), aux, new_cache
 
 
-def apply(params, patches: jax.Array, cfg: ModelConfig, mask: jax.Array | None = None) -> tuple[dict, dict]:
+def apply(params, patches: jax.Array, cfg: MoiraiMoEConfig, mask: jax.Array | None = None) -> tuple[dict, dict]:
     """``patches [batch, tokens, P]`` (scaled, no NaNs; ``mask`` default all observed) ->
     ``(mixture params for the next patch of every token, leaves [batch, tokens, P]; aux)``."""
     if mask is None:
@@ -386,7 +413,7 @@ def masked_nll(dist_params: dict, targets: jax.Array, target_mask: jax.Array) ->
     return -jnp.sum(jnp.where(m > 0, lp, 0.0)) / jnp.maximum(m.sum(), 1.0)
 
 
-def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+def loss_fn(params, batch: dict, cfg: MoiraiMoEConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``batch{"values": [batch, W], "mask": [batch, W]}`` -> ``(loss, metrics)``:
     masked NLL of the next patches (scaled space) + summed router aux losses."""
     del rng
@@ -443,7 +470,7 @@ def kmeans(x: jax.Array, k: int, key: jax.Array, iters: int = 25) -> jax.Array:
     return jax.lax.scan(step, c, None, length=iters)[0]
 
 
-def ffn_inputs(params, patches: jax.Array, mask: jax.Array, cfg: ModelConfig) -> jax.Array:
+def ffn_inputs(params, patches: jax.Array, mask: jax.Array, cfg: MoiraiMoEConfig) -> jax.Array:
     """The normalised FFN inputs (what the gate sees) of every layer for ``patches, mask
     [batch, tokens, P]``: ``[layers, batch * tokens, embed]`` fp32, one forward pass."""
     cfg = _model_cfg(cfg)
@@ -453,7 +480,7 @@ def ffn_inputs(params, patches: jax.Array, mask: jax.Array, cfg: ModelConfig) ->
     return _ffn_inputs_scan(params, h, positions, cfg, moe_config(cfg))
 
 
-def set_centroids(params, cfg: ModelConfig, values: jax.Array, mask: jax.Array | None, key: jax.Array,
+def set_centroids(params, cfg: MoiraiMoEConfig, values: jax.Array, mask: jax.Array | None, key: jax.Array,
                   iters: int = 25) -> dict:
     """Moirai-MoE's gate: k-means centroids (``model.moe.num_experts`` per layer) of each
     layer's FFN inputs over the context patches of the windows ``values [batch, W]``.
@@ -474,14 +501,14 @@ def set_centroids(params, cfg: ModelConfig, values: jax.Array, mask: jax.Array |
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "iters"))
-def _fit_centroids(params, values, mask, key, cfg: ModelConfig, iters: int):
+def _fit_centroids(params, values, mask, key, cfg: MoiraiMoEConfig, iters: int):
     inputs, in_mask, _, _ = prepare_batch(values, mask, cfg.patch_size)
     feats = ffn_inputs(params, inputs, in_mask, cfg)
     keys = jax.random.split(key, feats.shape[0])
     return jax.vmap(lambda x, k: kmeans(x, cfg.moe.num_experts, k, iters))(feats, keys)
 
 
-def _ffn_inputs_scan(params, h, positions, cfg: ModelConfig, mcfg: MoEConfig):
+def _ffn_inputs_scan(params, h, positions, cfg: MoiraiMoEConfig, mcfg: MoEConfig):
     b, n, _ = h.shape
 
     def body(h, lp):
@@ -501,7 +528,7 @@ def _ffn_inputs_scan(params, h, positions, cfg: ModelConfig, mcfg: MoEConfig):
 # ------------------------------------------------------------------------ forecasting
 
 
-def _sample_cached(params, zp, mp, key, cfg: ModelConfig, steps: int, num_samples: int):
+def _sample_cached(params, zp, mp, key, cfg: MoiraiMoEConfig, steps: int, num_samples: int):
     """Prefill the context once (shared by every sample path), then per step: draw each
     path's next patch from its current distribution and decode that patch as one new token.
     Returns scaled samples ``[steps, batch, samples, P]``."""
@@ -525,7 +552,7 @@ def _sample_cached(params, zp, mp, key, cfg: ModelConfig, steps: int, num_sample
     return jax.lax.scan(step, (cache, first), jnp.arange(steps))[1]
 
 
-def _sample_full(params, zp, mp, key, cfg: ModelConfig, steps: int, num_samples: int):
+def _sample_full(params, zp, mp, key, cfg: MoiraiMoEConfig, steps: int, num_samples: int):
     """Reference path: every step re-runs the whole fixed-size token buffer (context + the
     patches sampled so far + not-yet-written tokens, which causal attention hides).
     Returns scaled samples ``[steps, batch, samples, P]``."""
@@ -556,7 +583,7 @@ def _sample_full(params, zp, mp, key, cfg: ModelConfig, steps: int, num_samples:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "horizon", "num_samples", "levels", "use_cache"))
-def _forecast_jit(params, values, mask, key, cfg: ModelConfig, horizon: int, num_samples: int,
+def _forecast_jit(params, values, mask, key, cfg: MoiraiMoEConfig, horizon: int, num_samples: int,
                   levels: tuple[float, ...], use_cache: bool):
     p = cfg.patch_size
     b = values.shape[0]

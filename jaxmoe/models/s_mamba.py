@@ -35,13 +35,15 @@ Batches: ``{"x": float32 [batch, lookback, C], "y": float32 [batch, horizon, C]}
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxmoe.config import Config, ConfigError, ModelConfig
+from jaxmoe.config import Config, ConfigError, ModelConfig, check
 from jaxmoe.nn.init import logical_axes, split, stack_boxed, unbox
 from jaxmoe.nn.layers import init_layernorm, init_linear, layernorm, linear
 from jaxmoe.ssm.mamba import init_mamba, mamba
@@ -50,18 +52,46 @@ from jaxmoe.models.stack import DTYPES  # noqa: E402
 NORM_EPS = 1e-5  # instance-norm variance epsilon (S-Mamba / iTransformer)
 
 
-def compute_dtype(cfg: ModelConfig):
+def check_window(m) -> None:
+    """The lookback window and horizon of the window forecasters (s_mamba, spacetime)."""
+    check(m.lookback >= 1 and m.horizon >= 1,
+          f"model.lookback={m.lookback} and model.horizon={m.horizon} must be >= 1.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SMambaConfig(ModelConfig):
+    """S-Mamba forecaster (``model.family: s_mamba``): lookback window and forecast horizon,
+    FFN width (0 -> 4 * embed_dim), Mamba sizes, dropout, per-window instance normalisation."""
+
+    family: Literal["s_mamba"] = "s_mamba"
+    lookback: int = 96
+    horizon: int = 24
+    ffn_dim: int = 0
+    ssm_state_dim: int = 16  # Mamba N
+    ssm_conv_dim: int = 4
+    ssm_expand: int = 2
+    dropout_rate: float = 0.0
+    instance_norm: bool = True
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        check_window(self)
+        check(0.0 <= self.dropout_rate < 1.0, f"model.dropout_rate={self.dropout_rate} must be in [0, 1).")
+
+
+def compute_dtype(cfg: SMambaConfig):
     return DTYPES[cfg.dtype]
 
 
-def ffn_width(cfg: ModelConfig) -> int:
+def ffn_width(cfg: SMambaConfig) -> int:
     return cfg.ffn_dim or 4 * cfg.embed_dim
 
 
 # ----------------------------------------------------------------------------- params
 
 
-def _init_layer(key, cfg: ModelConfig) -> dict:
+def _init_layer(key, cfg: SMambaConfig) -> dict:
     e, f = cfg.embed_dim, ffn_width(cfg)
     k = split(key, ["fwd", "bwd", "w1", "w2"])
     sizes = dict(d_state=cfg.ssm_state_dim, d_conv=cfg.ssm_conv_dim, expand=cfg.ssm_expand)
@@ -75,7 +105,7 @@ def _init_layer(key, cfg: ModelConfig) -> dict:
     }
 
 
-def init_boxed(key: jax.Array, cfg: ModelConfig) -> dict:
+def init_boxed(key: jax.Array, cfg: SMambaConfig) -> dict:
     """Boxed params (logical axes) of an S-Mamba forecaster."""
     k = split(key, ["embed", "layers", "head"])
     e = cfg.embed_dim
@@ -87,11 +117,11 @@ def init_boxed(key: jax.Array, cfg: ModelConfig) -> dict:
     }
 
 
-def init(key: jax.Array, cfg: ModelConfig) -> dict:
+def init(key: jax.Array, cfg: SMambaConfig) -> dict:
     return unbox(init_boxed(key, cfg))
 
 
-def param_axes(cfg: ModelConfig):
+def param_axes(cfg: SMambaConfig):
     return logical_axes(init_boxed, jax.random.PRNGKey(0), cfg)
 
 
@@ -121,7 +151,7 @@ def bidirectional_mamba(lp: dict, h: jax.Array) -> jax.Array:
     return mamba(lp["mamba_f"], h) + jnp.flip(mamba(lp["mamba_b"], jnp.flip(h, axis=1)), axis=1)
 
 
-def encoder_layer(lp: dict, h: jax.Array, cfg: ModelConfig, rng: jax.Array | None = None) -> jax.Array:
+def encoder_layer(lp: dict, h: jax.Array, cfg: SMambaConfig, rng: jax.Array | None = None) -> jax.Array:
     """One S-Mamba layer on ``h [batch, C, E]``."""
     r1 = r2 = None
     if rng is not None:
@@ -132,7 +162,7 @@ def encoder_layer(lp: dict, h: jax.Array, cfg: ModelConfig, rng: jax.Array | Non
     return layernorm(lp["norm2"], h + f)
 
 
-def apply(params: dict, x: jax.Array, cfg: ModelConfig, rng: jax.Array | None = None) -> jax.Array:
+def apply(params: dict, x: jax.Array, cfg: SMambaConfig, rng: jax.Array | None = None) -> jax.Array:
     """Forecast: ``x [batch, lookback, C] -> [batch, horizon, C]`` float32 (data scale).
 
     ``rng`` enables dropout (training); ``None`` is deterministic.
@@ -161,7 +191,7 @@ def apply(params: dict, x: jax.Array, cfg: ModelConfig, rng: jax.Array | None = 
     return out * std + mean
 
 
-def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None):
+def loss_fn(params, batch: dict, cfg: SMambaConfig, rng: jax.Array | None = None):
     """``batch{"x": [b, lookback, C], "y": [b, horizon, C]}`` -> ``(mse, {"mse", "mae"})``."""
     pred = apply(params, batch["x"], cfg, rng)
     err = pred - batch["y"].astype(jnp.float32)

@@ -27,8 +27,8 @@ Loss (``model.loss_weights``, default 1, 1, 1), all MSEs:
   to make them predictable).
 
 ``model.ssm_state_dim`` is the companion state size d (SpaceTime: 64); taps of the
-preprocessing kernels must fit in it. ``model.option("normalize_a")`` (extra) L1-normalises
-the companion columns.
+preprocessing kernels must fit in it. ``model.normalize_a`` L1-normalises the companion
+columns (default off).
 
 Params::
 
@@ -45,14 +45,16 @@ Batches: ``{"x": [batch, lookback, C], "y": [batch, horizon, C]}`` (see
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxmoe.config import ModelConfig
-from jaxmoe.models.s_mamba import build_pipelines, forecast_data, instance_norm  # noqa: F401  (s_mamba's data)
+from jaxmoe.config import Config, ModelConfig, check
+from jaxmoe.models.s_mamba import build_pipelines, check_window, forecast_data, instance_norm  # noqa: F401
 from jaxmoe.nn.init import logical_axes, split, stack_boxed, unbox
 from jaxmoe.nn.layers import init_layernorm, init_linear, layernorm, linear
 from jaxmoe.ssm.companion import companion_forecast, companion_ssm, init_companion, preprocess, preprocessing_kernels
@@ -60,19 +62,46 @@ from jaxmoe.ssm.companion import companion_forecast, companion_ssm, init_compani
 LOSS_PARTS = ("horizon", "lag", "next_input")
 
 
-def num_kernels(cfg: ModelConfig) -> int:
+@dataclasses.dataclass(frozen=True)
+class SpaceTimeConfig(ModelConfig):
+    """SpaceTime forecaster (``model.family: spacetime``): lookback window and forecast horizon,
+    companion state size, FFN width (0 -> 2 * embed_dim), fixed preprocessing kernels, loss
+    weights (horizon, lag, next input), per-window instance normalisation, and the L1
+    normalisation of the companion columns."""
+
+    family: Literal["spacetime"] = "spacetime"
+    lookback: int = 96
+    horizon: int = 24
+    ffn_dim: int = 0
+    ssm_state_dim: int = 16  # companion state size d
+    preprocess_diff_orders: tuple[int, ...] = (0, 1, 2)
+    preprocess_ma_windows: tuple[int, ...] = ()
+    loss_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+    instance_norm: bool = True
+    normalize_a: bool = False
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        m = self
+        check_window(m)
+        taps = [o + 1 for o in m.preprocess_diff_orders] + list(m.preprocess_ma_windows)
+        check(len(m.loss_weights) == 3 and all(w >= 0 for w in m.loss_weights),
+              f"model.loss_weights={list(m.loss_weights)} must be 3 numbers >= 0 (horizon, lag, next input).")
+        check(bool(taps) and all(o >= 0 for o in m.preprocess_diff_orders)
+              and all(w >= 1 for w in m.preprocess_ma_windows) and max(taps) <= m.ssm_state_dim,
+              "model.preprocess_diff_orders (>= 0) and model.preprocess_ma_windows (>= 1) must name at least one "
+              f"kernel, each no longer than model.ssm_state_dim={m.ssm_state_dim} taps.")
+
+
+def num_kernels(cfg: SpaceTimeConfig) -> int:
     return len(cfg.preprocess_diff_orders) + len(cfg.preprocess_ma_windows)
 
 
-def ffn_width(cfg: ModelConfig) -> int:
+def ffn_width(cfg: SpaceTimeConfig) -> int:
     return cfg.ffn_dim or 2 * cfg.embed_dim
 
 
-def _normalize_a(cfg: ModelConfig) -> bool:
-    return bool(cfg.option("normalize_a", False))
-
-
-def _init_layer(key, cfg: ModelConfig) -> dict:
+def _init_layer(key, cfg: SpaceTimeConfig) -> dict:
     h, f = cfg.embed_dim, ffn_width(cfg)
     k = split(key, ["ssm", "mix", "w1", "w2"])
     return {
@@ -85,7 +114,7 @@ def _init_layer(key, cfg: ModelConfig) -> dict:
     }
 
 
-def init_boxed(key: jax.Array, cfg: ModelConfig) -> dict:
+def init_boxed(key: jax.Array, cfg: SpaceTimeConfig) -> dict:
     """Boxed params (logical axes) of a SpaceTime forecaster."""
     k = split(key, ["embed", "layers", "decoder", "head"])
     h = cfg.embed_dim
@@ -99,24 +128,24 @@ def init_boxed(key: jax.Array, cfg: ModelConfig) -> dict:
     }
 
 
-def init(key: jax.Array, cfg: ModelConfig) -> dict:
+def init(key: jax.Array, cfg: SpaceTimeConfig) -> dict:
     return unbox(init_boxed(key, cfg))
 
 
-def param_axes(cfg: ModelConfig):
+def param_axes(cfg: SpaceTimeConfig):
     return logical_axes(init_boxed, jax.random.PRNGKey(0), cfg)
 
 
-def _kernels(cfg: ModelConfig) -> dict:
+def _kernels(cfg: SpaceTimeConfig) -> dict:
     return preprocessing_kernels(cfg.ssm_state_dim, diff_orders=cfg.preprocess_diff_orders,
                                  ma_windows=cfg.preprocess_ma_windows)
 
 
-def encode(params: dict, u: jax.Array, cfg: ModelConfig) -> jax.Array:
+def encode(params: dict, u: jax.Array, cfg: SpaceTimeConfig) -> jax.Array:
     """Encoder: ``u [series, lookback, 1]`` (normalised) -> ``z [series, lookback, H]``."""
     p = preprocess(u, _kernels(cfg))[:, :, 0, :]  # [S, L, K]
     z = linear(params["embed"], p)
-    norm_a = _normalize_a(cfg)
+    norm_a = cfg.normalize_a
 
     def body(z, lp):
         y = companion_ssm(lp["ssm"], layernorm(lp["norm"], z), normalize_a=norm_a)
@@ -128,7 +157,7 @@ def encode(params: dict, u: jax.Array, cfg: ModelConfig) -> jax.Array:
     return z
 
 
-def forward(params: dict, x: jax.Array, cfg: ModelConfig, horizon: int | None = None) -> dict:
+def forward(params: dict, x: jax.Array, cfg: SpaceTimeConfig, horizon: int | None = None) -> dict:
     """All SpaceTime outputs for ``x [batch, lookback, C]``.
 
     Returns (float32): ``forecast [batch, horizon, C]`` (data scale), ``lag_pred [batch,
@@ -147,18 +176,18 @@ def forward(params: dict, x: jax.Array, cfg: ModelConfig, horizon: int | None = 
     else:
         u, mean, std = series, jnp.zeros((b * c, 1, 1)), jnp.ones((b * c, 1, 1))
     v = layernorm(params["dec_norm"], encode(params, u, cfg))
-    out = companion_forecast(params["decoder"], v, horizon, normalize_a=_normalize_a(cfg))
+    out = companion_forecast(params["decoder"], v, horizon, normalize_a=cfg.normalize_a)
     to_data = lambda y: (linear(params["head"], y) * std + mean).reshape(b, c, y.shape[1]).swapaxes(1, 2)  # noqa: E731
     return {"forecast": to_data(out["forecast"]), "lag_pred": to_data(out["output"]),
             "next_input": out["next_input"], "decoder_input": v, "mean": mean, "std": std}
 
 
-def apply(params: dict, x: jax.Array, cfg: ModelConfig, horizon: int | None = None) -> jax.Array:
+def apply(params: dict, x: jax.Array, cfg: SpaceTimeConfig, horizon: int | None = None) -> jax.Array:
     """Closed-loop forecast ``[batch, horizon, C]`` float32 (data scale)."""
     return forward(params, x, cfg, horizon)["forecast"]
 
 
-def loss_parts(params, batch: dict, cfg: ModelConfig) -> dict:
+def loss_parts(params, batch: dict, cfg: SpaceTimeConfig) -> dict:
     """The three MSEs ``{"horizon", "lag", "next_input"}`` of a batch."""
     x = batch["x"].astype(jnp.float32)
     y = batch["y"].astype(jnp.float32)
@@ -171,7 +200,7 @@ def loss_parts(params, batch: dict, cfg: ModelConfig) -> dict:
     }
 
 
-def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None):
+def loss_fn(params, batch: dict, cfg: SpaceTimeConfig, rng: jax.Array | None = None):
     """``w_h * horizon + w_l * lag + w_n * next_input`` (``model.loss_weights``); metrics hold
     each part and the forecast MSE (``mse`` = the horizon part)."""
     del rng

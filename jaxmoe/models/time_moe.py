@@ -35,15 +35,17 @@ fields used are ``num_experts``, ``experts_per_token``, ``dispatch``, ``capacity
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
-from jaxmoe.config import Config, ConfigError, ModelConfig, MoEConfig
+from jaxmoe.config import Config, ConfigError, check
+from jaxmoe.models.base import TransformerConfig
 from jaxmoe.models.series import align_to_first_observation
 from jaxmoe.models.stack import scan_group
 from jaxmoe.moe.layer import init_moe, moe
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.losses import expert_counts
 from jaxmoe.moe.router import route
 from jaxmoe.nn import attention as attn_lib
@@ -54,21 +56,43 @@ from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
 HUBER_DELTA = 2.0
 
 
-def compute_dtype(cfg: ModelConfig):
+@dataclasses.dataclass(frozen=True)
+class TimeMoEConfig(TransformerConfig):
+    """Time-MoE forecaster (``model.family: time_moe``): FFN width (0 -> 4 * embed_dim; routed
+    experts get ffn_dim // k), forecast heads, point dimension, dense FFNs instead of MoE,
+    router aux-loss weight."""
+
+    family: Literal["time_moe"] = "time_moe"
+    ffn_dim: int = 0
+    horizons: tuple[int, ...] = (1, 8, 32, 64)
+    input_size: int = 1
+    use_dense: bool = False
+    aux_loss_coef: float = 0.02
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        m = self
+        check(len(m.horizons) > 0 and all(h >= 1 for h in m.horizons) and len(set(m.horizons)) == len(m.horizons),
+              f"model.horizons={list(m.horizons)} must be distinct positive integers, e.g. [1, 8, 32, 64].")
+        check(m.input_size >= 1 and m.ffn_dim >= 0 and m.aux_loss_coef >= 0,
+              "model.input_size must be >= 1, model.ffn_dim >= 0 (0 = 4 * embed_dim), model.aux_loss_coef >= 0.")
+
+
+def compute_dtype(cfg: TimeMoEConfig):
     return DTYPES[cfg.dtype]
 
 
-def ffn_width(cfg: ModelConfig) -> int:
+def ffn_width(cfg: TimeMoEConfig) -> int:
     """Time-MoE ``intermediate_size``: the shared expert / dense FFN width."""
     return cfg.ffn_dim or 4 * cfg.embed_dim
 
 
-def expert_width(cfg: ModelConfig) -> int:
+def expert_width(cfg: TimeMoEConfig) -> int:
     """Routed expert width ``ffn_dim // k``."""
     return max(1, ffn_width(cfg) // cfg.moe.experts_per_token)
 
 
-def moe_config(cfg: ModelConfig) -> MoEConfig:
+def moe_config(cfg: TimeMoEConfig) -> MoEConfig:
     """The MoEConfig of a Time-MoE FFN: softmax top-k without renormalisation, experts of
     width ``ffn_dim // k``, one sigmoid-gated shared expert of width ``ffn_dim``; the balance
     loss is computed over all layers by :func:`time_moe_aux_loss`, so the layer's own is off."""
@@ -80,14 +104,14 @@ def moe_config(cfg: ModelConfig) -> MoEConfig:
         device_balance_coef=0.0, z_loss_coef=0.0, router_jitter=0.0)
 
 
-def _model_cfg(cfg) -> ModelConfig:
+def _model_cfg(cfg) -> TimeMoEConfig:
     return cfg.model if isinstance(cfg, Config) else cfg
 
 
 # ------------------------------------------------------------------------------ init
 
 
-def _init_block(key, cfg: ModelConfig) -> dict:
+def _init_block(key, cfg: TimeMoEConfig) -> dict:
     k = split(key, ["mixer", "ffn"])
     p = {
         "mixer_norm": init_rmsnorm(cfg.embed_dim),
@@ -102,7 +126,7 @@ def _init_block(key, cfg: ModelConfig) -> dict:
     return p
 
 
-def init_boxed(key, cfg: ModelConfig) -> dict:
+def init_boxed(key, cfg: TimeMoEConfig) -> dict:
     """Params with their logical axes (``Boxed`` leaves)."""
     cfg = _model_cfg(cfg)
     k = split(key, ["gate", "emb", "layers", "heads"])
@@ -118,18 +142,18 @@ def init_boxed(key, cfg: ModelConfig) -> dict:
     }
 
 
-def init(key, cfg: ModelConfig) -> dict:
+def init(key, cfg: TimeMoEConfig) -> dict:
     """Random params (nested dicts/lists of arrays), normal(0, init_std), biases 0, norms 1."""
     cfg = _model_cfg(cfg)
     return unbox_params(init_boxed(key, cfg), cfg.param_dtype)
 
 
-def param_axes(cfg: ModelConfig) -> Any:
+def param_axes(cfg: TimeMoEConfig) -> Any:
     """Logical axis names of every param (same tree structure as :func:`init`)."""
     return logical_axes(init_boxed, jax.random.PRNGKey(0), _model_cfg(cfg))
 
 
-def param_counts(cfg: ModelConfig) -> dict[str, int]:
+def param_counts(cfg: TimeMoEConfig) -> dict[str, int]:
     """``{"total", "active"}`` parameter counts (active: k routed experts per token)."""
     cfg = _model_cfg(cfg)
     shapes = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), cfg))
@@ -144,7 +168,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
 # ----------------------------------------------------------------------------- cache
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=None) -> dict:
+def init_cache(cfg: TimeMoEConfig, batch: int, max_len: int | None = None, dtype=None) -> dict:
     """KV cache ``{"index": int32, "layers": {"k","v": [layers, batch, max_len, kv_heads, head_dim]}}``."""
     cfg = _model_cfg(cfg)
     max_len = max_len or cfg.max_seq_len
@@ -162,7 +186,7 @@ def embed_points(params, x: jax.Array, dtype) -> jax.Array:
     return jax.nn.silu(x @ params["gate"].astype(dtype)) * (x @ params["emb"].astype(dtype))
 
 
-def _block(p, h, cfg: ModelConfig, mcfg: MoEConfig, positions, layer_cache, cache_index, expert_mask, force_mask,
+def _block(p, h, cfg: TimeMoEConfig, mcfg: MoEConfig, positions, layer_cache, cache_index, expert_mask, force_mask,
            valid=None):
     x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
     y, new_cache = attn_lib.attention(p["mixer"], x, positions, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps,
@@ -199,7 +223,7 @@ def time_moe_aux_loss(counts: jax.Array, prob_mean: jax.Array, tokens_per_layer:
     return n * jnp.sum(f * p)
 
 
-def trunk(params, x: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
+def trunk(params, x: jax.Array, cfg: TimeMoEConfig, *, cache: dict | None = None,
           expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None,
           token_mask: jax.Array | None = None):
     """Embedding + blocks + final norm.
@@ -246,7 +270,7 @@ def trunk(params, x: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
     return h, aux, new_cache
 
 
-def apply_head(params, hidden: jax.Array, cfg: ModelConfig, head: int) -> jax.Array:
+def apply_head(params, hidden: jax.Array, cfg: TimeMoEConfig, head: int) -> jax.Array:
     """Head ``head`` (index into ``model.horizons``): ``[..., embed] -> [..., h, input_size]`` fp32."""
     cfg = _model_cfg(cfg)
     h = cfg.horizons[head]
@@ -254,7 +278,7 @@ def apply_head(params, hidden: jax.Array, cfg: ModelConfig, head: int) -> jax.Ar
     return out.astype(jnp.float32).reshape(out.shape[:-1] + (h, cfg.input_size))
 
 
-def forward(params, x: jax.Array, cfg: ModelConfig, *, cache: dict | None = None,
+def forward(params, x: jax.Array, cfg: TimeMoEConfig, *, cache: dict | None = None,
             expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None,
             token_mask: jax.Array | None = None, return_hidden: bool = False):
     """Full forward: ``x [batch, seq(, input_size)]`` -> ``(predictions, aux, new_cache)``.
@@ -271,7 +295,7 @@ def forward(params, x: jax.Array, cfg: ModelConfig, *, cache: dict | None = None
     return preds, aux, new_cache
 
 
-def apply(params, x: jax.Array, cfg: ModelConfig, **kwargs) -> tuple[list[jax.Array], dict]:
+def apply(params, x: jax.Array, cfg: TimeMoEConfig, **kwargs) -> tuple[list[jax.Array], dict]:
     """Forward without a cache: ``(predictions per head [batch, seq, h, input_size], aux)``."""
     preds, aux, _ = forward(params, x, cfg, **kwargs)
     return preds, aux
@@ -404,7 +428,7 @@ def prepare_batch(values: jax.Array, mask: jax.Array | None):
     return w["inputs"], w["labels"], w["label_mask"]
 
 
-def loss_fn(params, batch: dict, cfg: ModelConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+def loss_fn(params, batch: dict, cfg: TimeMoEConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``batch{"values": [batch, seq+1(, C)], "mask": same}`` -> ``(loss, metrics)``.
 
     loss = mean over heads of the masked Huber(2) loss on z-normalised windows

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxmoe.config import MoEConfig
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.dispatch import expert_capacity, expert_swiglu_grouped, permute_rows
 from jaxmoe.moe.router import Routing
 

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxmoe.config import MoEConfig
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe import expert_parallel, losses
 from jaxmoe.moe.dispatch import ENGINES
 from jaxmoe.moe.gmm import resolve_backend

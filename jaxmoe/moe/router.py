@@ -22,7 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jaxmoe.config import MoEConfig
+from jaxmoe.moe.config import MoEConfig
 from jaxmoe.nn.init import normal, param, split, zeros
 
 

@@ -30,11 +30,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from jaxmoe.config import Config, ConfigError, MeshConfig
+from jaxmoe.config import MESH_AXES, Config, MeshConfig
 
 log = logging.getLogger("jaxmoe")
 
-AXES = ("data", "fsdp", "expert", "tensor")
+AXES = MESH_AXES  # ("data", "fsdp", "expert", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")
 
 
@@ -70,10 +70,11 @@ def validate_for_model(sizes: Mapping[str, int], cfg: Config) -> None:
     """Check the axis sizes against the model and batch; raises :class:`MeshError`."""
     m = cfg.model
     ep, tp = sizes["expert"], sizes["tensor"]
-    if m.moe.num_experts % ep:
-        raise MeshError(f"mesh.expert={ep} must divide model.moe.num_experts={m.moe.num_experts}.")
-    if m.num_heads % tp:
-        raise MeshError(f"mesh.tensor={tp} must divide model.num_heads={m.num_heads}.")
+    moe, heads = getattr(m, "moe", None), getattr(m, "num_heads", None)  # families without MoE / attention
+    if moe is not None and moe.num_experts % ep:
+        raise MeshError(f"mesh.expert={ep} must divide model.moe.num_experts={moe.num_experts}.")
+    if heads is not None and heads % tp:
+        raise MeshError(f"mesh.tensor={tp} must divide model.num_heads={heads}.")
     shards = sizes["data"] * sizes["fsdp"] * sizes["expert"]
     if cfg.train.batch_size % shards:
         raise MeshError(f"train.batch_size={cfg.train.batch_size} must be divisible by data x fsdp x expert = "

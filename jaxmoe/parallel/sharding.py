@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxmoe.config import ConfigError, MeshConfig
+from jaxmoe.config import MeshConfig, parse_mesh_rules
 from jaxmoe.parallel.mesh import AXES
 
 # logical axis -> mesh axes (tuple: dimension split over all of them, major first)
@@ -55,32 +55,13 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 Rules = Mapping[str, tuple[str, ...]]
 
 
-def _as_axes(value: Any, where: str) -> tuple[str, ...]:
-    if value is None or value == "" or (isinstance(value, str) and value.lower() in ("none", "null")):
-        return ()
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{where} must be a mesh axis name, a list of them or null, got {value!r}.")
-    out = []
-    for v in value:
-        if v not in AXES:
-            raise ConfigError(f"{where} names mesh axis {v!r}; choose from {', '.join(AXES)}.")
-        out.append(str(v))
-    return tuple(out)
-
-
 def make_rules(overrides: Iterable | Mapping | None = None) -> dict[str, tuple[str, ...]]:
-    """:data:`DEFAULT_RULES` with ``overrides`` (pairs ``(logical, mesh axes)``) applied."""
+    """:data:`DEFAULT_RULES` with ``overrides`` (pairs ``(logical, mesh axes)``) applied
+    (checked by :func:`jaxmoe.config.parse_mesh_rules`, which config validation also runs)."""
     rules = dict(DEFAULT_RULES)
     if overrides is None:
         return rules
-    items = overrides.items() if isinstance(overrides, Mapping) else overrides
-    for item in items:
-        if not isinstance(item, (list, tuple)) or len(item) != 2:
-            raise ConfigError(f"mesh.rules entries must be pairs [logical_axis, mesh_axes], got {item!r}.")
-        name, value = item
-        rules[str(name)] = _as_axes(value, f"mesh.rules entry for {name!r}")
+    rules.update(parse_mesh_rules(overrides))
     return rules
 
 

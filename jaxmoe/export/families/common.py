@@ -26,7 +26,9 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import numpy as np
 
-from jaxmoe.config import Config, ConfigError, DataConfig, ModelConfig, MoEConfig, layer_kinds, validate
+from jaxmoe.config import Config, ConfigError, DataConfig, validate
+from jaxmoe.models.lm import LMConfig, layer_kinds
+from jaxmoe.moe.config import MoEConfig
 
 
 from jaxmoe.errors import ExportError  # noqa: E402,F401  (re-exported)
@@ -108,19 +110,20 @@ class Caps:
     explicit_head_dim: bool = True  # head_dim may differ from embed_dim // num_heads
 
 
-def _kinds(cfg: ModelConfig) -> list[tuple[str, str]]:
+def _kinds(cfg: LMConfig) -> list[tuple[str, str]]:
     return layer_kinds(cfg)
 
 
-def check_exportable(name: str, caps: Caps, cfg: ModelConfig) -> None:
+def check_exportable(name: str, caps: Caps, cfg: LMConfig) -> None:
     """Raise :class:`ExportError` (one sentence) for the first setting ``name`` cannot express."""
-    m, moe = cfg, cfg.moe
+    m = cfg
 
     def refuse(msg):
         raise ExportError(f"{msg} (family {name}).")
 
     if m.family != "lm":
         refuse(f"model.family={m.family!r} cannot be exported as a {name} language model; only family 'lm' can")
+    moe = m.moe
     others = sorted({k for k in m.layer_pattern if k != "attn"})
     if others:
         refuse(f"model.layer_pattern has {', '.join(others)} layers, which have no Hugging Face equivalent")
@@ -202,7 +205,7 @@ def rope_to_hf(theta: float) -> dict:
     return {"rope_theta": float(theta), "rope_parameters": {"rope_type": "default", "rope_theta": float(theta)}}
 
 
-def layer_slots(cfg: ModelConfig) -> list[tuple[int, int, int, tuple[str, str]]]:
+def layer_slots(cfg: LMConfig) -> list[tuple[int, int, int, tuple[str, str]]]:
     """``(group, position, repeat, kind)`` of every layer, in layer order."""
     from jaxmoe.models import lm
 
@@ -231,7 +234,7 @@ def pattern_from_dense(num_layers: int, dense: list[int], family: str) -> tuple[
                       "leading dense layers, then every moe_every-th layer MoE).")
 
 
-def finish_config(model: ModelConfig, seed: int = 0) -> Config:
+def finish_config(model: LMConfig, seed: int = 0) -> Config:
     data = DataConfig(seq_len=min(128, model.max_seq_len))
     cfg = Config(model=model, data=data)
     try:
@@ -256,17 +259,17 @@ class LMFamily:
     default_norm_eps = 1e-6
 
     # ---- to implement
-    def hf_config(self, cfg: ModelConfig) -> dict:  # pragma: no cover - abstract
+    def hf_config(self, cfg: LMConfig) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def model_config(self, hf: dict) -> ModelConfig:  # pragma: no cover - abstract
+    def model_config(self, hf: dict) -> LMConfig:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def ffn_rules(self, cfg: ModelConfig, ffn: str, hf: dict) -> list[Rule]:  # pragma: no cover - abstract
+    def ffn_rules(self, cfg: LMConfig, ffn: str, hf: dict) -> list[Rule]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # ---- shared pieces
-    def check(self, cfg: ModelConfig) -> None:
+    def check(self, cfg: LMConfig) -> None:
         check_exportable(self.name, self.caps, cfg)
 
     def config_to_hf(self, cfg: Config) -> dict:
@@ -323,7 +326,7 @@ class LMFamily:
             init_std=float(hf_get(hf, "initializer_range", 0.02)),
         )
 
-    def attn_rules(self, cfg: ModelConfig, hf: dict) -> list[Rule]:
+    def attn_rules(self, cfg: LMConfig, hf: dict) -> list[Rule]:
         """Standard q/k/v/o projections (+ biases, QK-norm)."""
         a = "self_attn."
         rules = [Rule(a + "q_proj.weight", ("mixer", "q", "kernel"), HEADS_IN),
@@ -342,12 +345,12 @@ class LMFamily:
         return [Rule(f"{prefix}.{hf_name}.weight", path + (ours,), LINEAR, expert=expert)
                 for hf_name, ours in zip(names, ("gate", "up", "down"))]
 
-    def layer_rules(self, cfg: ModelConfig, kind: tuple[str, str], hf: dict) -> list[Rule]:
+    def layer_rules(self, cfg: LMConfig, kind: tuple[str, str], hf: dict) -> list[Rule]:
         return ([Rule("input_layernorm.weight", ("mixer_norm", "scale"), FLAT),
                  Rule("post_attention_layernorm.weight", ("ffn_norm", "scale"), FLAT)]
                 + self.attn_rules(cfg, hf) + self.ffn_rules(cfg, kind[1], hf))
 
-    def ignored(self, name: str, cfg: ModelConfig) -> bool:
+    def ignored(self, name: str, cfg: LMConfig) -> bool:
         """HF tensors that have no place in our model and may be dropped on import."""
         if name.endswith("rotary_emb.inv_freq"):
             return True
@@ -433,7 +436,7 @@ class LMFamily:
                                   "(or holds NaN values).")
         return params
 
-    def count_active(self, cfg: ModelConfig) -> tuple[int, int]:
+    def count_active(self, cfg: LMConfig) -> tuple[int, int]:
         """``(total, active per token)`` parameter counts of ``cfg``."""
         from jaxmoe.models import lm
 
@@ -465,5 +468,5 @@ def moe_fields(hf: dict, family: str, *, experts_key: str, ffn_key: str) -> dict
                 balance_loss="switch", balance_coef=float(hf.get("router_aux_loss_coef") or 0.01))
 
 
-def make_model(fields: dict, moe: dict) -> ModelConfig:
-    return ModelConfig(**fields, moe=MoEConfig(**moe))
+def make_model(fields: dict, moe: dict) -> LMConfig:
+    return LMConfig(**fields, moe=MoEConfig(**moe))

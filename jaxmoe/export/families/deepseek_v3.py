@@ -11,7 +11,7 @@ rotates interleaved pairs; jaxmoe's MLA uses rotate-half, so the rope rows of ``
 
 from __future__ import annotations
 
-from jaxmoe.config import ModelConfig
+from jaxmoe.models.lm import LMConfig
 from jaxmoe.export.families.common import (FLAT, HEADS_IN, HEADS_OUT, LINEAR, Caps, ExportError, LMFamily, Rule,
                                            hf_get, make_model, permute_tail, rope_permutation)
 from jaxmoe.moe.layer import shared_width
@@ -24,7 +24,7 @@ class DeepseekV3(LMFamily):
     caps = Caps(mla=True, score_func="sigmoid", selection_bias=True, routed_scaling=True, groups=True,
                 shared="plain", dense_layers="prefix")
 
-    def check(self, m: ModelConfig) -> None:
+    def check(self, m: LMConfig) -> None:
         super().check(m)
         width = shared_width(m.moe)
         if width % m.moe.expert_ffn_dim:
@@ -34,7 +34,7 @@ class DeepseekV3(LMFamily):
             raise ExportError("deepseek_v3 always has shared experts, so it needs model.moe.num_shared_experts>=1 "
                               "(family deepseek_v3).")
 
-    def hf_config(self, m: ModelConfig) -> dict:
+    def hf_config(self, m: LMConfig) -> dict:
         moe = m.moe
         return {"n_routed_experts": moe.num_experts, "moe_intermediate_size": moe.expert_ffn_dim,
                 "n_shared_experts": shared_width(moe) // moe.expert_ffn_dim,
@@ -47,7 +47,7 @@ class DeepseekV3(LMFamily):
                 "attention_bias": False, "num_nextn_predict_layers": 0, "topk_method": "noaux_tc",
                 "scoring_func": "sigmoid"}
 
-    def model_config(self, hf: dict) -> ModelConfig:
+    def model_config(self, hf: dict) -> LMConfig:
         if hf.get("attention_bias"):
             raise ExportError("this deepseek_v3 config has attention biases, which jaxmoe's MLA does not have.")
         if hf.get("scoring_func", "sigmoid") != "sigmoid" or hf.get("topk_method", "noaux_tc") != "noaux_tc":

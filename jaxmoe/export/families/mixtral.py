@@ -4,7 +4,7 @@ experts, no biases, no QK-norm. HF names: ``block_sparse_moe.gate``,
 
 from __future__ import annotations
 
-from jaxmoe.config import ModelConfig
+from jaxmoe.models.lm import LMConfig
 from jaxmoe.export.families.common import Caps, ExportError, LMFamily, Rule, hf_get, make_model, moe_fields
 
 
@@ -16,11 +16,11 @@ class Mixtral(LMFamily):
     default_rope_theta = 1e6
     default_norm_eps = 1e-5
 
-    def hf_config(self, m: ModelConfig) -> dict:
+    def hf_config(self, m: LMConfig) -> dict:
         return {"num_local_experts": m.moe.num_experts, "intermediate_size": m.moe.expert_ffn_dim,
                 "head_dim": m.head_size, "sliding_window": None, "router_jitter_noise": 0.0}
 
-    def model_config(self, hf: dict) -> ModelConfig:
+    def model_config(self, hf: dict) -> LMConfig:
         window = hf.get("sliding_window")
         if window is not None and window < int(hf_get(hf, "max_position_embeddings", 0)):
             raise ExportError(f"this mixtral config uses sliding-window attention (window {window}), which jaxmoe does "

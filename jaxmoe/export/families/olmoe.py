@@ -5,7 +5,7 @@ q/k/v and o (o exported as zeros, required zero on import); ``clip_qkv`` is not 
 
 from __future__ import annotations
 
-from jaxmoe.config import ModelConfig
+from jaxmoe.models.lm import LMConfig
 from jaxmoe.export.families.common import Caps, ExportError, LMFamily, Rule, make_model, moe_fields
 
 
@@ -16,11 +16,11 @@ class Olmoe(LMFamily):
     caps = Caps(qkv_bias=True, qk_norm="full", explicit_head_dim=False)
     default_norm_eps = 1e-5
 
-    def hf_config(self, m: ModelConfig) -> dict:
+    def hf_config(self, m: LMConfig) -> dict:
         return {"num_experts": m.moe.num_experts, "intermediate_size": m.moe.expert_ffn_dim,
                 "norm_topk_prob": m.moe.norm_topk, "attention_bias": m.qkv_bias, "clip_qkv": None}
 
-    def model_config(self, hf: dict) -> ModelConfig:
+    def model_config(self, hf: dict) -> LMConfig:
         if hf.get("clip_qkv") is not None:
             raise ExportError(f"this olmoe config clips q/k/v activations (clip_qkv={hf['clip_qkv']}), which jaxmoe "
                               "does not implement.")

@@ -7,13 +7,13 @@ Exports always carry q/k/v biases (zeros when the jaxmoe model has none) and
 
 from __future__ import annotations
 
-from jaxmoe.config import ModelConfig, layer_kinds
+from jaxmoe.models.lm import LMConfig, layer_kinds
 from jaxmoe.export.families.common import (Caps, ExportError, LMFamily, Rule, hf_get, make_model, moe_fields,
                                            pattern_from_dense)
 from jaxmoe.moe.layer import shared_width
 
 
-def dense_layout(m: ModelConfig) -> dict:
+def dense_layout(m: LMConfig) -> dict:
     """``decoder_sparse_step`` / ``mlp_only_layers`` reproducing our dense/MoE layer kinds."""
     dense = [i for i, (_, f) in enumerate(layer_kinds(m)) if f == "dense"]
     if m.moe.first_k_dense == 0:
@@ -36,14 +36,14 @@ class Qwen2Moe(LMFamily):
     architecture = "Qwen2MoeForCausalLM"
     caps = Caps(qkv_bias=True, shared="gated", dense_layers="any", explicit_head_dim=False)
 
-    def hf_config(self, m: ModelConfig) -> dict:
+    def hf_config(self, m: LMConfig) -> dict:
         return {"num_experts": m.moe.num_experts, "moe_intermediate_size": m.moe.expert_ffn_dim,
                 "shared_expert_intermediate_size": shared_width(m.moe),
                 "intermediate_size": m.moe.dense_ffn_dim or 4 * m.embed_dim, "norm_topk_prob": m.moe.norm_topk,
                 "qkv_bias": True, "use_sliding_window": False, "sliding_window": None,
                 "max_window_layers": m.num_layers, **dense_layout(m)}
 
-    def model_config(self, hf: dict) -> ModelConfig:
+    def model_config(self, hf: dict) -> LMConfig:
         if hf.get("use_sliding_window"):
             raise ExportError("this qwen2_moe config uses sliding-window attention, which jaxmoe does not implement.")
         fields = self.common_model_fields(hf)

@@ -5,7 +5,7 @@ and must be zero on import."""
 
 from __future__ import annotations
 
-from jaxmoe.config import ModelConfig
+from jaxmoe.models.lm import LMConfig
 from jaxmoe.export.families.common import Caps, ExportError, LMFamily, Rule, hf_get, make_model, moe_fields
 from jaxmoe.export.families.qwen2_moe import dense_from_hf, dense_layout
 
@@ -16,13 +16,13 @@ class Qwen3Moe(LMFamily):
     architecture = "Qwen3MoeForCausalLM"
     caps = Caps(qkv_bias=True, qk_norm="head", dense_layers="any")
 
-    def hf_config(self, m: ModelConfig) -> dict:
+    def hf_config(self, m: LMConfig) -> dict:
         return {"num_experts": m.moe.num_experts, "moe_intermediate_size": m.moe.expert_ffn_dim,
                 "intermediate_size": m.moe.dense_ffn_dim or 4 * m.embed_dim, "norm_topk_prob": m.moe.norm_topk,
                 "head_dim": m.head_size, "attention_bias": m.qkv_bias, "use_sliding_window": False,
                 "sliding_window": None, **dense_layout(m)}
 
-    def model_config(self, hf: dict) -> ModelConfig:
+    def model_config(self, hf: dict) -> LMConfig:
         if hf.get("use_sliding_window"):
             raise ExportError("this qwen3_moe config uses sliding-window attention, which jaxmoe does not implement.")
         fields = self.common_model_fields(hf)
