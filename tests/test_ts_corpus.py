@@ -290,3 +290,19 @@ def test_generator_sources_in_a_pipeline(spec):
         assert b["values"].shape == (4, 32) and np.isfinite(b["values"]).all()
     with pytest.raises(SeriesError, match="integer"):
         build_timeseries_pipeline(sources=[(spec.split(":")[0] + ":many", 1.0)], context_length=31, batch_size=4)
+
+
+@pytest.mark.parametrize("kind,param,kernel", [
+    ("periodic", 0.1, lambda d: np.exp(-2 * np.sin(np.pi * d / 0.1) ** 2)),
+    ("rbf", 0.1, lambda d: np.exp(-0.5 * (d / 0.1) ** 2)),
+    ("rq", 1.0, lambda d: (1 + d ** 2 / 2.0) ** -1.0),
+    ("linear", 1.0, lambda d: 1.0 + 0.0 * d),  # x0 = 0: k(0, x) = sigma0^2 + 0 * x
+])
+def test_kernelsynth_paths_have_the_kernels_covariance(kind, param, kernel):
+    from jaxmoe.data.synthetic import _kernel_path
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(0.0, 1.0, 100)
+    paths = np.stack([_kernel_path(rng, kind, (param,), x) for _ in range(3000)])
+    empirical = (paths[:, :1] * paths).mean(0)  # Cov(f(x0), f(x))
+    np.testing.assert_allclose(empirical, kernel(x - x[0]), atol=0.12)

@@ -229,32 +229,13 @@ class SyntheticSource:
 # Periods (in steps) of common sampling frequencies: quarterly, weekly-in-days, monthly,
 # hourly-in-a-day, weekly, daily-in-a-year, half-hourly, hourly-in-a-week, ...
 KERNEL_PERIODS = (4, 5, 6, 7, 10, 12, 14, 24, 26, 30, 48, 52, 60, 96, 168, 336, 365, 672, 730)
-KERNELSYNTH_MAX_POINTS = 512
+KERNELSYNTH_FEATURES = 64  # random Fourier features per stationary kernel
+_PERIODIC_HARMONICS = 8
 
 
-def _kernel_matrix(kind: str, params: tuple, x: np.ndarray) -> np.ndarray:
-    """Covariance of one bank kernel on the grid `x` (in [0, 1])."""
-    d = x[:, None] - x[None, :]
-    if kind == "linear":  # DotProduct(sigma_0)
-        return params[0] ** 2 + x[:, None] * x[None, :]
-    if kind == "rbf":
-        return np.exp(-0.5 * (d / params[0]) ** 2)
-    if kind == "periodic":  # ExpSineSquared(length_scale=1, periodicity)
-        return np.exp(-2.0 * np.sin(np.pi * np.abs(d) / params[0]) ** 2)
-    if kind == "rq":  # RationalQuadratic(alpha, length_scale=1)
-        return (1.0 + d**2 / (2.0 * params[0])) ** (-params[0])
-    if kind == "white":
-        return params[0] * np.eye(len(x))
-    if kind == "constant":
-        return np.full((len(x), len(x)), params[0])
-    raise ValueError(f"unknown kernel {kind!r}")
-
-
-def _kernel_bank(length: int, points: int) -> list[tuple[str, tuple]]:
-    """The kernel bank for a series of `length` steps sampled on `points` grid points."""
-    # A period must span at least 4 grid points to be represented on the grid.
-    min_period = 4.0 * length / points
-    periods = [p for p in KERNEL_PERIODS if min_period <= p <= length]
+def _kernel_bank(length: int) -> list[tuple[str, tuple]]:
+    """The kernel bank for a series of ``length`` steps on the grid x in [0, 1]."""
+    periods = [p for p in KERNEL_PERIODS if p <= length]
     bank = [("linear", (s,)) for s in (0.0, 1.0, 10.0)]
     bank += [("rbf", (ls,)) for ls in (0.1, 1.0, 10.0)]
     bank += [("periodic", (p / length,)) for p in periods]
@@ -264,46 +245,71 @@ def _kernel_bank(length: int, points: int) -> list[tuple[str, tuple]]:
     return bank
 
 
-def _gp_sample(rng: np.random.Generator, covariance: np.ndarray) -> np.ndarray:
-    """One zero-mean Gaussian sample with this covariance (Cholesky with jitter, else eigh)."""
-    n = len(covariance)
-    z = rng.normal(0.0, 1.0, n)
-    scale = float(np.mean(np.diag(covariance))) or 1.0
-    for jitter in (1e-6, 1e-4):
-        try:
-            chol = np.linalg.cholesky(covariance + jitter * scale * np.eye(n))
-            return chol @ z
-        except np.linalg.LinAlgError:
-            continue
-    eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (covariance + covariance.T))
-    return eigenvectors @ (np.sqrt(np.clip(eigenvalues, 0.0, None)) * z)
+def _fourier(rng: np.random.Generator, x: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """Random Fourier features: ``sqrt(2/J) sum_j w_j cos(omega_j x + phase_j)``, a sample of
+    the stationary GP whose spectral density ``omega`` was drawn from (unit variance)."""
+    phase = rng.uniform(0.0, 2.0 * np.pi, len(omega))
+    w = rng.normal(0.0, 1.0, len(omega))
+    return np.sqrt(2.0 / len(omega)) * (np.cos(np.outer(x, omega) + phase) @ w)
 
 
-def kernelsynth_series(seed: int, index: int, length: int, *, max_kernels: int = 5,
-                       max_points: int = KERNELSYNTH_MAX_POINTS) -> np.ndarray:
-    """KernelSynth: a Gaussian-process path under a random composite kernel.
+def _kernel_path(rng: np.random.Generator, kind: str, params: tuple, x: np.ndarray) -> np.ndarray:
+    """One zero-mean path whose covariance on ``x`` is the bank kernel's:
 
-    Draws 1..`max_kernels` kernels (with replacement) from a bank of linear, RBF, periodic
+    - linear ``sigma0^2 + x x'``: ``sigma0 a + b x``;
+    - RBF (length scale l): random Fourier features with ``omega ~ N(0, 1/l^2)``;
+    - rational quadratic ``(1 + d^2 / 2a)^-a`` (length scale 1): features with ``omega ~
+      N(0, tau)``, ``tau ~ Gamma(a, rate a)`` (the RQ kernel is that mixture of RBFs);
+    - periodic ``exp(-2 sin^2(pi d / p))`` (length scale 1): its exact harmonic expansion,
+      harmonic ``k`` with variance ``I_k(1) / e`` (modified Bessel), truncated at 8;
+    - white noise, constant.
+    """
+    n = len(x)
+    if kind == "linear":
+        return params[0] * rng.normal() + rng.normal() * x
+    if kind == "rbf":
+        return _fourier(rng, x, rng.normal(0.0, 1.0 / params[0], KERNELSYNTH_FEATURES))
+    if kind == "rq":  # a Gamma(a, rate a) mixture over the RBF's precision 1/l^2
+        precision = rng.gamma(params[0], 1.0 / params[0], KERNELSYNTH_FEATURES)
+        return _fourier(rng, x, rng.normal(0.0, 1.0, KERNELSYNTH_FEATURES) * np.sqrt(precision))
+    if kind == "periodic":
+        from scipy.special import ive
+
+        k = np.arange(_PERIODIC_HARMONICS)
+        var = ive(k, 1.0) * np.where(k == 0, 1.0, 2.0)  # exp(-1) I_k(1); +-k pairs for k > 0
+        arg = 2.0 * np.pi * np.outer(x, k) / params[0]
+        a, b = rng.normal(0.0, 1.0, (2, len(k)))
+        return (np.cos(arg) * a + np.sin(arg) * b) @ np.sqrt(var / var.sum())
+    if kind == "white":
+        return np.sqrt(params[0]) * rng.normal(0.0, 1.0, n)
+    if kind == "constant":
+        return np.full(n, np.sqrt(params[0]) * rng.normal())
+    raise ValueError(f"unknown kernel {kind!r}")
+
+
+def kernelsynth_series(seed: int, index: int, length: int, *, max_kernels: int = 5) -> np.ndarray:
+    """KernelSynth (the synthetic data of Chronos): a Gaussian-process path under a random
+    composite kernel.
+
+    Draws 1..``max_kernels`` kernels (with replacement) from a bank of linear, RBF, periodic
     (periods of common frequencies: 4, 7, 12, 24, 52, 365, ... steps), rational quadratic,
-    white-noise and constant kernels, combines them left to right with random `+` or `*`,
-    and samples one path on the grid x = linspace(0, 1, length). Lengths above `max_points`
-    are sampled on `max_points` evenly spaced points and linearly interpolated (periods too
-    short for that grid are not drawn). Pure function of `(seed, index, length)`;
-    float32 `[length]`, finite.
+    white-noise and constant kernels, and combines them left to right with random ``+`` or
+    ``*`` on the grid ``x = linspace(0, 1, length)``. Each kernel's path is sampled directly
+    (random Fourier features or an exact harmonic expansion, :func:`_kernel_path`; O(length)
+    instead of a Cholesky factorisation), and the paths are added or multiplied: a sum of
+    independent paths has exactly the summed kernel as covariance, a product has the product
+    kernel as covariance (its second moments match; the path itself is not Gaussian). Pure
+    function of ``(seed, index, length)``; float32 ``[length]``, finite.
     """
     seed, index, length = _check_args(seed, index, length)
     rng = np.random.default_rng([seed, index, 101])
-    points = min(length, int(max_points))
-    x = np.linspace(0.0, 1.0, points)
-    bank = _kernel_bank(length, points)
+    x = np.linspace(0.0, 1.0, length)
+    bank = _kernel_bank(length)
     chosen = [bank[int(i)] for i in rng.integers(0, len(bank), int(rng.integers(1, max_kernels + 1)))]
-    covariance = _kernel_matrix(*chosen[0], x)
+    path = _kernel_path(rng, *chosen[0], x)
     for kernel in chosen[1:]:
-        other = _kernel_matrix(*kernel, x)
-        covariance = covariance + other if rng.random() < 0.5 else covariance * other
-    path = _gp_sample(rng, covariance)
-    if points < length:
-        path = np.interp(np.linspace(0.0, 1.0, length), x, path)
+        other = _kernel_path(rng, *kernel, x)
+        path = path + other if rng.random() < 0.5 else path * other
     path = np.nan_to_num(path, nan=0.0, posinf=0.0, neginf=0.0)
     return path.astype(np.float32)
 
