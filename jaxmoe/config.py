@@ -93,6 +93,12 @@ class DataConfig:
     sources: tuple[str, ...] = ()
     source_weights: tuple[float, ...] = ()
     stride: int = 0
+    # leakage control for every time-series source: dataset/series names or globs to leave out,
+    # and CSV/Parquet files or folders whose series are left out by content (a shared run of
+    # 16 values), whatever name they ship under
+    exclude: tuple[str, ...] = ()
+    exclude_like: tuple[str, ...] = ()
+    num_threads: int = 0  # grain read threads for time-series windows (0 = in the training thread)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -508,6 +514,7 @@ def validate(cfg: Config) -> None:
     check(d.seq_len > 0, "data.seq_len must be positive.")
     check(0.0 <= d.eval_fraction < 1.0, "data.eval_fraction must be in [0, 1).")
     check(d.stride >= 0, "data.stride must be >= 0 (0 = data.seq_len).")
+    check(d.num_threads >= 0, "data.num_threads must be >= 0 (0 = read windows in the training thread).")
     check(not d.source_weights or len(d.source_weights) == len(d.sources),
            f"data.source_weights has {len(d.source_weights)} entries but data.sources has {len(d.sources)}; "
            "give one weight per source or none.")

@@ -443,7 +443,8 @@ def build_pipelines(cfg: Config):
     if len(weights) != len(specs):
         raise ConfigError(f"data.source_weights has {len(weights)} entries for {len(specs)} sources.")
     common = dict(sources=list(zip(specs, weights)), context_length=d.seq_len + cfg.model.patch_size - 1,
-                  stride=d.stride or d.seq_len, batch_size=cfg.train.batch_size, shuffle=d.shuffle)
+                  stride=d.stride or d.seq_len, batch_size=cfg.train.batch_size, shuffle=d.shuffle,
+                  exclude=tuple(d.exclude), exclude_like=tuple(d.exclude_like), num_threads=d.num_threads)
     train = build_timeseries_pipeline(seed=cfg.train.seed % (2 ** 32), **common)
     evalp = None
     if d.eval_fraction > 0:
