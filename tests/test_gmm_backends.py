@@ -113,6 +113,7 @@ def _fake_mgpu(calls):
 def test_pallas_mgpu_path_with_injected_kernels(monkeypatch, sizes):
     calls = []
     monkeypatch.setattr(G, "_mgpu_modules", lambda: _fake_mgpu(calls))
+    monkeypatch.setattr(G, "PALLAS_MIN_ROWS", 0)  # test-sized problems through the kernels
     cfg = dict(block_m=8, block_n=4, block_k=2, max_concurrent_steps=2, grid_block_n=1)
     dw = dict(cfg, block_k=8)
     fn = lambda a, b, g: G.pallas_mgpu_gmm(a, b, g, fwd_cfg=cfg, dx_cfg=cfg, dw_cfg=dw)
@@ -124,8 +125,19 @@ def test_pallas_mgpu_path_with_injected_kernels(monkeypatch, sizes):
 
 def test_pallas_mgpu_default_blocks_with_injected_kernels(monkeypatch):
     """The default (tuned-table) block sizes on a shape that needs K/N padding."""
-    monkeypatch.setattr(G, "_mgpu_modules", lambda: _fake_mgpu([]))
+    calls = []
+    monkeypatch.setattr(G, "_mgpu_modules", lambda: _fake_mgpu(calls))
+    monkeypatch.setattr(G, "PALLAS_MIN_ROWS", 0)
     _check(G.pallas_mgpu_gmm, [40, 0, 30, 20], shape=(100, 24, 20, 4), atol=1e-3)
+    assert calls
+
+
+def test_pallas_mgpu_sends_few_rows_to_xla(monkeypatch):
+    """Below PALLAS_MIN_ROWS rows (short prefills) the Pallas kernels are not used."""
+    calls = []
+    monkeypatch.setattr(G, "_mgpu_modules", lambda: _fake_mgpu(calls))
+    _check(G.pallas_mgpu_gmm, [40, 0, 30, 20], shape=(100, 24, 20, 4), atol=1e-3)
+    assert calls == [] and 100 < G.PALLAS_MIN_ROWS
 
 
 @pytest.mark.parametrize("sizes", [[1, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0], [0] * 12])

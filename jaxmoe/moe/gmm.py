@@ -309,6 +309,12 @@ def _mgpu_vjp(fwd_cfg: tuple, dx_cfg: tuple, dw_cfg: tuple) -> Callable:
     return make_vjp_gmm(Kernels(_mgpu_fwd(dict(fwd_cfg)), _mgpu_dx(dict(dx_cfg)), _mgpu_dw(dict(dw_cfg))))
 
 
+# Fewer rows than this go to XLA's ragged dot: the Pallas kernels' padding to whole row blocks
+# and launch costs dominate there, and on 2026-11-30 (JAX 0.11.2, H200) compiling one such small
+# Mosaic-GPU instance (the prefill of a ~100-point series in a Time-MoE forecast) crashed inside
+# LLVM, killing the process; XLA's dense lowering of a few thousand rows is small.
+PALLAS_MIN_ROWS = 4096
+
 # Shared memory per thread block on Hopper (H100/H200: 227 KiB usable), less a margin for
 # the kernels' barriers.
 HOPPER_SMEM_BYTES = 232448
@@ -370,6 +376,8 @@ def pallas_mgpu_gmm(lhs, rhs, group_sizes, fwd_cfg: dict | None = None, dx_cfg: 
     e, _, n = rhs.shape
     if _small(m, e):
         return gather_gmm(lhs, rhs, group_sizes)
+    if m < PALLAS_MIN_ROWS:  # prefill of a short sequence: XLA's product is cheap there (see the constant)
+        return gmm_xla_checked(lhs, rhs, group_sizes)
     size = jnp.dtype(lhs.dtype).itemsize
     fwd_cfg = fit_smem(fwd_cfg or pallas_blocks("fwd", k, n), size)
     dx_cfg = fit_smem(dx_cfg or pallas_blocks("dx", n, k), size)
