@@ -33,7 +33,7 @@ from _common import H200_MATMUL, device_name, table, time_fn, write_jsonl  # noq
 
 from jaxmoe.moe import gmm as G  # noqa: E402
 from jaxmoe.moe.dispatch import dropless, expert_swiglu_grouped  # noqa: E402
-from jaxmoe.moe.router import Routing  # noqa: E402
+from jaxmoe.moe.routers.base import Routing  # noqa: E402
 
 CASES = {  # name: (E, k, D, F, T)
     "bench_moe_1b": (64, 8, 1024, 512, 16384),

@@ -17,6 +17,6 @@ __all__ = ["Config", "ConfigError", "load_config", "models", "train", "__version
 def __getattr__(name):  # lazy subpackages: `jaxmoe.models`, `jaxmoe.train`, ...
     import importlib
 
-    if name in ("models", "train", "decode", "data", "moe", "nn", "ssm", "parallel", "export", "eval"):
+    if name in ("models", "train", "decode", "data", "moe", "nn", "ssm", "parallel", "export", "eval", "checkpoint"):
         return importlib.import_module(f"jaxmoe.{name}")
     raise AttributeError(name)

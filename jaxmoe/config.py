@@ -309,23 +309,49 @@ def _unknown_key_error(cls, key: str, where: str) -> ConfigError:
         family = cls.family if isinstance(cls.family, str) else ""
         owners = [f for f in MODEL_CONFIGS if f != family and key in _field_names(model_config_class(f))]
         scope = f" for model.family={family}" + (f" (it is a setting of {', '.join(owners)})" if owners else "")
-    return ConfigError(f"unknown config key '{prefix}{key}'{scope}{hint}; valid keys are: {', '.join(names)}.")
+    elif hasattr(cls, "unknown_key_hint"):  # e.g. router options: " (it is an option of router topp)"
+        scope = cls.unknown_key_hint(key)
+    valid = ", ".join(names) or "none"
+    return ConfigError(f"unknown config key '{prefix}{key}'{scope}{hint}; valid keys are: {valid}.")
 
 
 def _field_names(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+def _section_of(tp) -> type | None:
+    """The dataclass of a field that is a section (``X`` or ``Optional[X]``), else None."""
+    if _is_dataclass_type(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and _is_dataclass_type(inner[0]):
+            return inner[0]
+    return None
+
+
 def _from_dict(cls, data: dict, where: str = ""):
+    """``cls`` from a mapping. Section classes may define two hooks: ``translate_legacy(data,
+    where)`` (a classmethod rewriting old spellings of their keys, e.g. ``MoEConfig``'s flat
+    router keys) and, on a field's declared class, ``section_class(parent, where)`` (the class
+    to read that field with, chosen from the parent mapping: ``model.moe.router_options`` is
+    read with the options class of ``model.moe.router``)."""
     if cls is ModelConfig:  # the model section: the class of its family
         return _model_from_dict(data, where)
+    translate = getattr(cls, "translate_legacy", None)
+    if translate is not None:
+        data = translate(data, where)
     types_ = _field_types(cls)
     kwargs = {}
     for key, value in data.items():
         if key not in types_:
             raise _unknown_key_error(cls, key, where)
         sub = f"{where}.{key}" if where else key
-        kwargs[key] = _coerce(value, types_[key], sub)
+        tp = types_[key]
+        section = _section_of(tp)
+        if section is not None and value is not None and hasattr(section, "section_class"):
+            tp = section.section_class(data, where)
+        kwargs[key] = _coerce(value, tp, sub)
     return cls(**kwargs)
 
 
@@ -404,17 +430,29 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
         types_ = _field_types(cls)
         where = ".".join(parts[:i])
         if part not in types_:
+            if i == len(parts) - 1 and part in getattr(cls, "LEGACY_KEYS", ()):  # translated when the config is built
+                node[part] = value
+                return
             raise _unknown_key_error(cls, part, where)
         if i == len(parts) - 1:
             node[part] = value
             return
-        tp = types_[part]
-        if not _is_dataclass_type(tp):
+        section = _section_of(types_[part])
+        if section is None:
             raise ConfigError(f"'{'.'.join(parts[: i + 1])}' is a value, not a section; cannot set '{dotted}'.")
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"'{'.'.join(parts[: i + 1])}' must be a mapping in the YAML file.")
-        cls = model_config_class(node.get("family", DEFAULT_FAMILY)) if tp is ModelConfig else tp
+        if hasattr(section, "section_class"):  # its class follows a sibling key that a later override may set:
+            for sub in parts[i + 1:-1]:  # its keys are checked when the config is built
+                node = node.setdefault(sub, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"'{dotted}' goes through '{sub}', which is not a mapping.")
+            node[parts[-1]] = value
+            return
+        cls = model_config_class(node.get("family", DEFAULT_FAMILY)) if section is ModelConfig else section
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -5,12 +5,18 @@ Run directories and config files written by that version hold every field of the
 accepts a field that the family's own config class lacks only when its value equals the
 default recorded here (it is dropped); anything else is an unknown key of that family.
 Nothing else reads these classes: do not add fields to them.
+
+The routers' own options moved from flat ``model.moe`` keys into ``model.moe.router_options``
+(one options class per router); :data:`LEGACY_ROUTER_KEYS` and :func:`translate_router_keys`
+keep files and dotted overrides with the flat keys working.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Literal
+
+from jaxmoe.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,3 +125,44 @@ class LegacyModelConfig:
     preprocess_ma_windows: tuple[int, ...] = ()
     loss_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
     extra: tuple[tuple[str, Any], ...] = ()  # family-specific options as (key, value) pairs
+
+
+# old flat ``model.moe`` key -> (router, its name in that router's options)
+LEGACY_ROUTER_KEYS: dict[str, tuple[str, str]] = {
+    "top_p": ("topp", "top_p"),
+    "max_experts_per_token": ("topp", "max_experts_per_token"),
+    "dynamic_loss_coef": ("topp", "dynamic_loss_coef"),
+    "thor_consistency_coef": ("thor", "consistency_coef"),
+    "thor_draw": ("thor", "draw"),
+    "thor_inference": ("thor", "inference"),
+    "readme_dim": ("readme", "dim"),
+    "readme_layers": ("readme", "layers"),
+    "readme_heads": ("readme", "heads"),
+    "moex_sparsity_coef": ("moex", "sparsity_coef"),
+}
+
+
+def translate_router_keys(data: dict, where: str, default_router: str) -> dict:
+    """The ``model.moe`` mapping ``data`` with the old flat router keys translated: the
+    keys of the router in use move into ``router_options`` (over a value already there: a
+    flat key comes from an old file over a newer base, or from a dotted override); the keys
+    of other routers are dropped (they never had an effect on this router)."""
+    flat = [key for key in data if key in LEGACY_ROUTER_KEYS]
+    if not flat:
+        return data
+    data = dict(data)
+    router = data.get("router", default_router)
+    moved = {}
+    for key in flat:
+        value = data.pop(key)
+        owner, name = LEGACY_ROUTER_KEYS[key]
+        if owner == router:
+            moved[name] = value
+    if moved:
+        options = data.get("router_options")
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{where}.router_options must be a mapping of the router's options, got {options!r}.")
+        data["router_options"] = {**options, **moved}
+    return data

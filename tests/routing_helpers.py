@@ -41,23 +41,17 @@ def tiny_cfg(**moe) -> LMConfig:
 
 
 def make_run(run_dir, config, overrides: list[str] = (), std: float | None = None, seed: int = 0, params=None):
-    """A run directory (config.yaml + one orbax checkpoint at step 0) as `jaxmoe train`
-    would leave it, without training (no compile). ``config`` is a YAML path or a
-    ``Config``; ``params`` default to ``fast_init``."""
+    """A run directory (config.yaml + one params-only orbax checkpoint at step 0) as
+    `jaxmoe import` would leave it, without training (no compile). ``config`` is a YAML
+    path or a ``Config``; ``params`` default to ``fast_init``."""
+    from jaxmoe.checkpoint import save_params
     from jaxmoe.config import Config, apply_overrides, from_dict, load_config, to_dict
-    from jaxmoe.train import checkpoint as ckpt
-    from jaxmoe.train.loop import abstract_train_state
 
     extra = list(overrides) + [f"train.output_dir={run_dir}"]
     if isinstance(config, Config):
         cfg = from_dict(apply_overrides(to_dict(config), extra))
     else:
         cfg = load_config(config, extra)
-    abstract = abstract_train_state(cfg)
     params = fast_init(cfg.model, seed, std) if params is None else params
-    state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract).replace(params=params)
-    ckpt.write_config(run_dir, cfg)
-    manager = ckpt.make_manager(run_dir)
-    ckpt.save(manager, 0, state, {}, {"step": 0})
-    manager.close()
+    save_params(run_dir, cfg, params)
     return cfg, params

@@ -22,6 +22,7 @@ from jaxmoe.decode import remix as c3po
 from jaxmoe.models import lm
 from jaxmoe.models.lm import LMConfig
 from jaxmoe.moe.config import MoEConfig
+from jaxmoe.moe.routers import RouterInputs
 from routing_helpers import fast_init, make_run
 
 N, V, D, F = 4, 259, 16, 8
@@ -115,8 +116,8 @@ def test_only_critical_layers_and_core_experts_change(task):
     toks = jnp.asarray([prompt])
     ov, mask = jax.jit(c3po._override, static_argnums=(0, 1, 4))(cfg, CRIT, jnp.asarray(res.weights[None]),
                                                                   jnp.asarray([len(prompt) - 1]), len(prompt))
-    _, base = apply(params, toks, cfg, weight_override=ov, override_mask=mask & False)  # nothing overridden
-    _, new = apply(params, toks, cfg, weight_override=ov, override_mask=mask)
+    _, base = apply(params, toks, cfg, inputs=RouterInputs(weight_override=ov, override_mask=mask & False))  # none
+    _, new = apply(params, toks, cfg, inputs=RouterInputs(weight_override=ov, override_mask=mask))
     # layer 0 (not critical): identical routing everywhere
     np.testing.assert_array_equal(new["expert_ids"][0], base["expert_ids"][0])
     np.testing.assert_array_equal(new["expert_weights"][0], base["expert_weights"][0])

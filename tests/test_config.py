@@ -142,7 +142,8 @@ def _legacy_dump(cfg: Config) -> dict:
     included, extra: []) with the run's values."""
     data = to_dict(cfg)
     legacy = to_dict(LegacyModelConfig())
-    options = [[k, v] for k, v in data["model"].items() if k not in legacy]  # then read through cfg.option()
+    newer = {"rope_scaling"}  # fields added after the flat config: never in old run directories
+    options = [[k, v] for k, v in data["model"].items() if k not in legacy and k not in newer]  # read via option()
     data["model"] = {**legacy, **{k: v for k, v in data["model"].items() if k in legacy}, "extra": options}
     return data
 

@@ -19,7 +19,7 @@ from jaxmoe.moe import losses
 from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.dispatch import dense
 from jaxmoe.moe.layer import init_moe, moe
-from jaxmoe.moe.router import topk_route
+from jaxmoe.moe.routers.topk import route as topk_route
 from jaxmoe.nn.init import unbox
 from jaxmoe.parallel.mesh import build_mesh
 from jaxmoe.parallel.sharding import use_mesh

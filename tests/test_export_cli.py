@@ -41,7 +41,7 @@ def test_info_import_generate_export_and_resume(hf_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["import", "--hf", str(hf_dir), "--out", str(run)]) == 0
     capsys.readouterr()
-    from jaxmoe.train.checkpoint import load_params
+    from jaxmoe.checkpoint import load_params
 
     cfg, restored = load_params(run)
     assert cfg.model.moe.shared_expert_gate and cfg.train.output_dir == str(run.absolute())

@@ -165,7 +165,7 @@ def _mcfg(**kw):
 
 
 REFUSALS = [
-    ("mixtral", _mcfg(moe={"router": "top_p"}), "router='top_p' has no equivalent in mixtral"),
+    ("mixtral", _mcfg(moe={"router": "topp"}), "router='topp' has no equivalent in mixtral"),
     ("mixtral", _mcfg(moe={"norm_topk": False}), "norm_topk=false has no equivalent in mixtral"),
     ("mixtral", _mcfg(qkv_bias=True), "qkv_bias=true has no equivalent in mixtral"),
     ("mixtral", _mcfg(moe={"first_k_dense": 1}), "dense FFN layers"),
@@ -203,7 +203,7 @@ def test_import_refuses_what_jaxmoe_cannot_express(tmp_path):
     with pytest.raises(ExportError, match="o_proj.bias' is non-zero"):
         load_hf(tmp_path / "hf")
     conf = json.loads((tmp_path / "hf" / "config.json").read_text())
-    conf["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}
+    conf["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}
     (tmp_path / "hf" / "config.json").write_text(json.dumps(conf))
-    with pytest.raises(ExportError, match="rope scaling type 'yarn'"):
+    with pytest.raises(ExportError, match="RoPE scaling type 'dynamic'"):
         load_hf(tmp_path / "hf")

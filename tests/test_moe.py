@@ -9,7 +9,8 @@ from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.dispatch import capacity, dense, dropless, expert_capacity
 from jaxmoe.moe.gmm import gmm, resolve_backend
 from jaxmoe.moe.layer import init_moe, moe
-from jaxmoe.moe.router import Routing, topk_route
+from jaxmoe.moe.routers import Routing
+from jaxmoe.moe.routers.topk import route as topk_route
 from jaxmoe.nn.init import unbox
 
 D, F, E = 8, 12, 4

@@ -12,6 +12,7 @@ from jaxmoe.config import load_config
 from jaxmoe.data.tokenizers import ByteTokenizer
 from jaxmoe.decode import steering
 from jaxmoe.models import lm
+from jaxmoe.moe.routers import RouterInputs
 from routing_helpers import fast_init, make_run
 
 apply = jax.jit(lm.apply, static_argnames="cfg")
@@ -49,18 +50,18 @@ def test_disabled_expert_gets_zero_tokens_and_forced_expert_is_everywhere(model)
     cfg, params = model
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 259, (4, 16)), jnp.int32)
     none_off, none_forced = np.ones((3, 6), bool), np.zeros((3, 6), bool)  # neutral masks: one compiled program
-    _, base = apply(params, tokens, cfg, expert_mask=none_off, force_mask=none_forced)
+    _, base = apply(params, tokens, cfg, inputs=RouterInputs(expert_mask=none_off, force_mask=none_forced))
     ids = np.asarray(base["expert_ids"])  # [moe layers (1, 2), T, k]
     busiest = [int(np.bincount(ids[i].ravel(), minlength=6).argmax()) for i in range(2)]
     em, fm = steering.router_masks(cfg, f"1:{busiest[0]},2:{busiest[1]}")
-    _, aux = apply(params, tokens, cfg, expert_mask=em, force_mask=none_forced)
+    _, aux = apply(params, tokens, cfg, inputs=RouterInputs(expert_mask=em, force_mask=none_forced))
     for i in range(2):
         assert (ids[i] == busiest[i]).sum() > 0  # it had tokens before
         assert (np.asarray(aux["expert_ids"][i]) != busiest[i]).all()  # exactly zero tokens now
         assert float(aux["load"][i, busiest[i]]) == 0.0
     rare = [int(np.bincount(ids[i].ravel(), minlength=6).argmin()) for i in range(2)]
     _, fm = steering.router_masks(cfg, None, f"1:{rare[0]},2:{rare[1]}")
-    _, aux = apply(params, tokens, cfg, expert_mask=none_off, force_mask=fm)
+    _, aux = apply(params, tokens, cfg, inputs=RouterInputs(expert_mask=none_off, force_mask=fm))
     for i in range(2):
         assert (np.asarray(aux["expert_ids"][i]) == rare[i]).any(-1).all()  # in every token's set
 

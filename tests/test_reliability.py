@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmoe.train import checkpoint as ckpt
+from jaxmoe import checkpoint as ckpt
 from jaxmoe.train.faults import FaultInjector, FaultSpecError, parse_faults
-from jaxmoe.train.guards import SpikeDetector, describe_nonfinite, first_nonfinite_param
+from jaxmoe.train.guards import SpikeDetector, describe_nonfinite
 from jaxmoe.train.metrics import read_jsonl, truncate_after_step
 from jaxmoe.train.tensorboard import (EventWriter, crc32c, encode_event, masked_crc32c, read_events,
                                       read_scalars)
@@ -274,7 +274,7 @@ def test_checkpoint_refuses_nonfinite_params(tmp_path):
         ckpt.save(manager, 2, bad, {}, {"step": 2})
     assert manager.all_steps() == [1] and not list((tmp_path / "run" / "checkpoints").glob("2*"))
     manager.close()
-    assert first_nonfinite_param(good) is None and first_nonfinite_param(bad) == "params.norm.scale"
+    assert ckpt.first_nonfinite_param(good) is None and ckpt.first_nonfinite_param(bad) == "params.norm.scale"
 
 
 # ----------------------------------------------------------------------------- bad input

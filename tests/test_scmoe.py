@@ -11,7 +11,8 @@ from jaxmoe.decode.contrastive import SCMoEConfig, check, contrastive_generate, 
 from jaxmoe.decode.generate import generate_tokens
 from jaxmoe.models import lm
 from jaxmoe.moe.config import MoEConfig
-from jaxmoe.moe.router import topk_route
+from jaxmoe.moe.routers import RouterInputs
+from jaxmoe.moe.routers.topk import route as topk_route
 from routing_helpers import fast_init, tiny_cfg
 
 
@@ -64,9 +65,9 @@ def test_beta_zero_equals_greedy_decoding(model):
 def test_first_token_follows_the_contrast(model):
     cfg, params = model
     prompt = jnp.asarray(np.random.default_rng(1).integers(0, 32, (2, 5)), jnp.int32)
-    apply = jax.jit(lm.apply, static_argnames=("cfg", "rank_select"))
+    apply = jax.jit(lm.apply, static_argnames="cfg")
     strong, _ = apply(params, prompt, cfg)
-    weak, aux = apply(params, prompt, cfg, rank_select=2)
+    weak, aux = apply(params, prompt, cfg, inputs=RouterInputs(rank_select=2))
     assert aux["expert_ids"].shape[-1] == 1  # the weak model runs one expert per token
     assert np.abs(np.asarray(strong) - np.asarray(weak)).max() > 1e-3
     sc = SCMoEConfig(beta=2.0, alpha=0.5, weak_rank=2)

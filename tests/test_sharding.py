@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from jaxmoe import checkpoint as ckpt
 from jaxmoe.config import Config, ConfigError, DataConfig, MeshConfig, TrainConfig
 from jaxmoe.models import lm
 from jaxmoe.models.lm import LMConfig
@@ -16,7 +17,6 @@ from jaxmoe.moe.config import MoEConfig
 from jaxmoe.nn.init import logical_axes
 from jaxmoe.parallel import sharding as sh
 from jaxmoe.parallel.mesh import build_mesh
-from jaxmoe.train import checkpoint as ckpt
 from jaxmoe.train import loop
 from jaxmoe.train.metrics import read_jsonl
 from jaxmoe.train.optimizer import make_optimizer

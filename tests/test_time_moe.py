@@ -10,7 +10,7 @@ import pytest
 from jaxmoe.config import load_config
 from jaxmoe.models import time_moe as tm
 from jaxmoe.moe.layer import moe
-from jaxmoe.moe.router import router_logits
+from jaxmoe.moe.routers.base import router_logits
 from jaxmoe.nn.layers import rmsnorm
 
 

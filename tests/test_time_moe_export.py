@@ -82,7 +82,7 @@ def test_export_import_round_trip_is_exact(tmp_path, dense):
 
 
 def test_run_dir_export_import(tmp_path):
-    from jaxmoe.train.checkpoint import load_params
+    from jaxmoe.checkpoint import load_params
 
     cfg = make_cfg()
     params = random_params(cfg.model, 2)

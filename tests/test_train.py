@@ -5,9 +5,9 @@ import signal
 import numpy as np
 import pytest
 
+from jaxmoe.checkpoint import CheckpointError, load_params
 from jaxmoe.config import load_config
 from jaxmoe.train import TrainingError, train
-from jaxmoe.train.checkpoint import CheckpointError, load_params
 from jaxmoe.train.metrics import read_jsonl
 
 TINY = ["model.embed_dim=32", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",

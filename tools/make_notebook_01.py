@@ -43,7 +43,7 @@ im = axes[1].imshow(load * load.shape[1], aspect="auto", cmap="viridis")
 axes[1].set_xlabel("expert"); axes[1].set_ylabel("MoE layer"); axes[1].set_title("load x num_experts")
 fig.colorbar(im, ax=axes[1]); plt.tight_layout(); plt.show()"""),
     nbf.v4.new_markdown_cell("## Generate with the KV cache (prefill + `lax.scan` decode inside one jit)"),
-    nbf.v4.new_code_cell("""from jaxmoe.train.checkpoint import load_params
+    nbf.v4.new_code_cell("""from jaxmoe.checkpoint import load_params
 from jaxmoe.data.tokenizers import load_tokenizer
 from jaxmoe.decode.generate import generate_text
 cfg2, trained = load_params(run_dir)

@@ -59,7 +59,7 @@ def run(args) -> int:
     forecast_fn, name, context = None, None, args.context or 512
     if args.checkpoint:
         from jaxmoe.commands.forecast import forecast_with_model
-        from jaxmoe.train.checkpoint import load_params
+        from jaxmoe.checkpoint import load_params
 
         cfg, params = load_params(args.checkpoint, args.step)
         name = cfg.model.family
@@ -85,7 +85,7 @@ def run(args) -> int:
 def _load_model_forecaster(args):
     """(forecast_fn returning {"mean", "quantiles"}, model name, context) from --checkpoint."""
     from jaxmoe.commands.forecast import forecast_with_model
-    from jaxmoe.train.checkpoint import load_params
+    from jaxmoe.checkpoint import load_params
 
     cfg, params = load_params(args.checkpoint, args.step)
 

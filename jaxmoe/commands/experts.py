@@ -44,7 +44,7 @@ def run(args) -> int:
                         "--prompts-b B.txt`.")
     from jaxmoe.data.tokenizers import load_tokenizer
     from jaxmoe.decode import steering
-    from jaxmoe.train.checkpoint import load_params
+    from jaxmoe.checkpoint import load_params
 
     prompts_a, prompts_b = _read_prompts(args.prompts_a), _read_prompts(args.prompts_b)
     labels = tuple(x.strip() for x in args.labels.split(","))

@@ -90,7 +90,7 @@ def plot_forecast(path, history: np.ndarray, mean: np.ndarray, quantiles: dict, 
 def run(args) -> int:
     from jaxmoe.errors import UserError
     from jaxmoe.data.real_series import SeriesError
-    from jaxmoe.train.checkpoint import load_params
+    from jaxmoe.checkpoint import load_params
 
     if args.horizon is None or args.horizon <= 0:
         raise UserError(f"--horizon must be a positive number of steps, got {args.horizon}.")

@@ -32,7 +32,7 @@ def run(args) -> int:
     from jaxmoe.errors import UserError
     from jaxmoe.data.tokenizers import load_tokenizer
     from jaxmoe.decode.generate import generate_text
-    from jaxmoe.train.checkpoint import load_params
+    from jaxmoe.checkpoint import load_params
 
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1.")

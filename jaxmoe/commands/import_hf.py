@@ -1,9 +1,9 @@
 """``jaxmoe import --hf HF_DIR --out CKPT_DIR [--family NAME]``.
 
 Turns a Hugging Face directory (config.json + safetensors) into a jaxmoe run directory:
-``config.yaml`` plus an orbax checkpoint at step 0 (fresh optimizer and data-iterator
-state), usable by ``jaxmoe generate --checkpoint CKPT_DIR`` and
-``jaxmoe train --config CKPT_DIR/config.yaml --resume``.
+``config.yaml`` plus a params-only orbax checkpoint at step 0, usable by
+``jaxmoe generate --checkpoint CKPT_DIR`` and ``jaxmoe train --config CKPT_DIR/config.yaml
+--resume`` (which starts a fresh optimizer state and data iterator).
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def run(args) -> int:
     from jaxmoe.errors import UserError
     from jaxmoe.data.tokenizers import load_tokenizer
     from jaxmoe.decode import remix as c3po
-    from jaxmoe.train.checkpoint import load_params
+    from jaxmoe.checkpoint import load_params
 
     ref_rows = _read_jsonl(args.reference, True)
     rows = _read_jsonl(args.inputs, False)

@@ -33,6 +33,9 @@ __all__ = [
     "ByteTokenizer",
     "HFTokenizer",
     "Tokenizer",
+    "check_token_ids",
+    "check_tokenizer_fits",
+    "tokenizer_file_vocab_size",
     "load_tokenizer",
     "train_bpe_tokenizer",
 ]
@@ -66,6 +69,47 @@ class Tokenizer(Protocol):
     def encode_many(self, texts: Sequence[str]) -> list[np.ndarray]: ...
 
     def decode(self, ids: Iterable[int]) -> str: ...
+
+
+def check_token_ids(ids, vocab_size: int, what: str = "the prompt") -> None:
+    """Raise :class:`~jaxmoe.errors.DataError` (one sentence) when a token id of ``what`` lies
+    outside the model's vocabulary ``[0, vocab_size)`` (an embedding lookup there gives
+    garbage: NaN logits, NUL bytes)."""
+    from jaxmoe.errors import DataError
+
+    arr = np.asarray(ids).reshape(-1)
+    if arr.size == 0:
+        return
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+        raise DataError(
+            f"{what} has token id {int(arr[bad][0])}, but the model's vocabulary has only {vocab_size} ids "
+            f"(0..{vocab_size - 1}); use the tokenizer the model was trained with (set data.tokenizer to its "
+            "tokenizer.json) or a model whose vocab_size covers this tokenizer."
+        )
+
+
+def check_tokenizer_fits(tokenizer_vocab_size: int, vocab_size: int, what: str = "the tokenizer") -> None:
+    """Raise :class:`~jaxmoe.errors.DataError` when a tokenizer can produce ids the model has no
+    embedding for (``tokenizer_vocab_size > vocab_size``)."""
+    from jaxmoe.errors import DataError
+
+    if tokenizer_vocab_size > vocab_size:
+        raise DataError(
+            f"{what} has {tokenizer_vocab_size} tokens but the model's vocab_size is {vocab_size}, so some token ids "
+            "have no embedding; use the model's own tokenizer or a model with a vocabulary at least that large."
+        )
+
+
+def tokenizer_file_vocab_size(path: str | os.PathLike) -> int | None:
+    """Number of ids (added tokens included) of a Hugging Face ``tokenizer.json``; None when
+    the ``tokenizers`` package cannot read it."""
+    try:
+        import tokenizers
+
+        return int(tokenizers.Tokenizer.from_file(os.fspath(path)).get_vocab_size(with_added_tokens=True))
+    except Exception:  # not readable here: the caller skips the check
+        return None
 
 
 def _as_id_array(ids, vocab_size: int) -> np.ndarray:

@@ -27,8 +27,12 @@ import jax.numpy as jnp
 
 from jaxmoe.models import lm
 from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.routers import RouterInputs, get_router, router_names
 
-RANK_ROUTERS = ("topk", "moex", "readme")
+
+def rank_routers() -> list[str]:
+    """The routers that take the ``rank_select`` input (a ranked choice of experts)."""
+    return [name for name in router_names() if "rank_select" in get_router(name).inputs]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +47,8 @@ class SCMoEConfig:
 
 def check(cfg: LMConfig, sc: SCMoEConfig) -> None:
     """Raise ValueError (one sentence) when SCMoE cannot run on this model/settings."""
-    if cfg.moe.router not in RANK_ROUTERS:
-        raise ValueError(f"SCMoE needs a ranked router ({', '.join(RANK_ROUTERS)}); this model uses "
+    if "rank_select" not in get_router(cfg.moe.router).inputs:
+        raise ValueError(f"SCMoE needs a ranked router ({', '.join(rank_routers())}); this model uses "
                          f"router {cfg.moe.router!r}.")
     if not 0 <= sc.weak_rank < cfg.moe.num_experts:
         raise ValueError(f"--weak-rank={sc.weak_rank} must be between 0 and num_experts-1={cfg.moe.num_experts - 1}.")
@@ -89,17 +93,18 @@ def _generate(params, prompt, cfg: LMConfig, max_new_tokens: int, rng, numbers, 
     sc = SCMoEConfig(beta=numbers[0], alpha=numbers[1], weak_rank=weak_rank, strong_temperature=numbers[2],
                      weak_temperature=numbers[3], temperature=numbers[4])  # traced numbers
     b, plen = prompt.shape
-    masks = dict(expert_mask=expert_mask, force_mask=force_mask)
+    strong_inputs = RouterInputs(expert_mask=expert_mask, force_mask=force_mask)
+    weak_inputs = strong_inputs.replace(rank_select=sc.weak_rank)
     strong = lm.init_cache(cfg, b, plen + max_new_tokens)
     weak = lm.init_cache(cfg, b, plen + max_new_tokens)
-    ls, strong = lm.prefill(params, prompt, cfg, strong, **masks)
-    lw, weak = lm.prefill(params, prompt, cfg, weak, rank_select=sc.weak_rank, **masks)
+    ls, strong = lm.prefill(params, prompt, cfg, strong, inputs=strong_inputs)
+    lw, weak = lm.prefill(params, prompt, cfg, weak, inputs=weak_inputs)
     first = _pick(scmoe_scores(ls[:, -1], lw[:, -1], sc), jax.random.fold_in(rng, 0), sc, sample)
 
     def step(carry, i):
         tok, strong, weak, done = carry
-        ls, strong = lm.decode_step(params, tok, cfg, strong, **masks)
-        lw, weak = lm.decode_step(params, tok, cfg, weak, rank_select=sc.weak_rank, **masks)
+        ls, strong = lm.decode_step(params, tok, cfg, strong, inputs=strong_inputs)
+        lw, weak = lm.decode_step(params, tok, cfg, weak, inputs=weak_inputs)
         nxt = _pick(scmoe_scores(ls, lw, sc), jax.random.fold_in(rng, i), sc, sample)
         done = done | (tok == eos_id)
         nxt = jnp.where(done, eos_id if eos_id >= 0 else nxt, nxt)

@@ -12,8 +12,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxmoe.data.tokenizers import check_token_ids
 from jaxmoe.models import lm
 from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.routers import RouterInputs, get_router
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,20 +51,20 @@ def generate_tokens(params, prompt: jax.Array, cfg: LMConfig, max_new_tokens: in
     """``prompt [batch, prompt_len]`` -> new tokens ``[batch, max_new_tokens]``."""
     b, plen = prompt.shape
     cache = lm.init_cache(cfg, b, plen + max_new_tokens)
-    router = dict(expert_mask=expert_mask, force_mask=force_mask)
-    router_at = lambda i: router
-    if cfg.moe.router == "thor":  # THOR: a random expert per token or per sequence
-        from jaxmoe.models import thor
+    router = get_router(cfg.moe.router)
+    moe_cfg = router.decode_config(cfg.moe)  # the router's decoding behaviour (e.g. a random draw per token)
+    if moe_cfg is not cfg.moe:
+        cfg = dataclasses.replace(cfg, moe=moe_cfg)
 
-        cfg = thor.inference_config(cfg)
-        thor_key = jax.random.fold_in(rng, 0x7402)
-        router_at = lambda i: {**router, "rng": thor.step_rng(thor_key, i, cfg)}
-    logits, cache = lm.prefill(params, prompt, cfg, cache, **router_at(0))
+    def inputs_at(i):  # the router inputs of decoding step i
+        return RouterInputs(expert_mask=expert_mask, force_mask=force_mask, rng=router.decode_rng(rng, i, cfg.moe))
+
+    logits, cache = lm.prefill(params, prompt, cfg, cache, inputs=inputs_at(0))
     first = sample_logits(logits[:, -1], jax.random.fold_in(rng, 0), sampling)
 
     def step(carry, i):
         tok, cache, done = carry
-        logits, cache = lm.decode_step(params, tok, cfg, cache, **router_at(i))
+        logits, cache = lm.decode_step(params, tok, cfg, cache, inputs=inputs_at(i))
         nxt = sample_logits(logits, jax.random.fold_in(rng, i), sampling)
         done = done | (tok == eos_id)
         nxt = jnp.where(done, eos_id if eos_id >= 0 else nxt, nxt)
@@ -79,6 +81,7 @@ def generate_text(params, cfg: LMConfig, tokenizer, prompt: str, max_new_tokens:
                   expert_mask=None, force_mask=None) -> str:
     """Encode ``prompt``, generate, decode the new tokens (stopping at eos)."""
     ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
+    check_token_ids(ids, cfg.vocab_size, "the prompt")  # ids past the embedding would give NaN logits
     if len(ids) + max_new_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"model.max_seq_len={cfg.max_seq_len}.")

@@ -40,6 +40,7 @@ import numpy as np
 
 from jaxmoe.models import lm
 from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.routers import RouterInputs, get_router, router_names
 
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt ids, answer ids)
 
@@ -68,9 +69,9 @@ def default_core_experts(cfg: LMConfig) -> int:
 
 
 def _check(cfg: LMConfig, rcfg: RemixConfig) -> tuple[tuple[int, ...], int]:
-    if cfg.moe.router not in ("topk", "moex", "readme", "topp"):
-        raise ValueError(f"C3PO re-mixes router scores; router {cfg.moe.router!r} has none (use topk, topp, moex or "
-                         "readme).")
+    if "weight_override" not in get_router(cfg.moe.router).inputs:
+        able = [name for name in router_names() if "weight_override" in get_router(name).inputs]
+        raise ValueError(f"C3PO re-mixes router scores; router {cfg.moe.router!r} has none (use {', '.join(able)}).")
     if rcfg.method not in ("ngd", "kernel"):
         raise ValueError(f"method {rcfg.method!r} is not valid; choose ngd or kernel.")
     if rcfg.embedding not in ("hidden", "tokens"):
@@ -131,10 +132,11 @@ def example_stats(params, cfg: LMConfig, tokens, target_mask, pos, weights=None,
     """Per-example answer loss ``[n]`` and whether teacher-forced greedy decoding gets every
     answer token right ``[n]``; with ``weights [n, Lc, N]`` the critical layers' routing
     scores of the last prompt token are replaced by them."""
-    kw = {}
+    inputs = None
     if weights is not None:
-        kw["weight_override"], kw["override_mask"] = _override(cfg, crit, weights, pos, tokens.shape[1] - 1)
-    logits, _ = lm.apply(params, tokens[:, :-1], cfg, **kw)
+        override, mask = _override(cfg, crit, weights, pos, tokens.shape[1] - 1)
+        inputs = RouterInputs(weight_override=override, override_mask=mask)
+    logits, _ = lm.apply(params, tokens[:, :-1], cfg, inputs=inputs)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
     loss = (nll * target_mask).sum(1) / jnp.maximum(target_mask.sum(1), 1.0)
@@ -151,7 +153,7 @@ def example_losses(params, cfg: LMConfig, tokens, target_mask, pos, weights=None
 def routing_and_embedding(params, cfg: LMConfig, tokens, pos, crit: tuple[int, ...], embedding: str = "hidden"):
     """Router scores of the last prompt token in the critical layers ``[n, Lc, N]`` and
     the prompt embedding ``[n, D]``."""
-    _, aux = lm.apply(params, tokens, cfg, return_probs=True, return_hidden=True)
+    _, aux = lm.apply(params, tokens, cfg, inputs=RouterInputs(return_probs=True), return_hidden=True)
     n, s = tokens.shape
     moe_layers = lm.moe_layer_indices(cfg)
     rows = jnp.asarray([moe_layers.index(c) for c in crit])
@@ -329,10 +331,11 @@ def generate_remixed(params, cfg: LMConfig, prompt: Sequence[int], max_new_token
 def _greedy(params, cfg: LMConfig, prompt, max_new_tokens: int, weights, crit):
     b, plen = prompt.shape
     cache = lm.init_cache(cfg, b, plen + max_new_tokens)
-    kw = {}
+    inputs = None
     if weights is not None:
-        kw["weight_override"], kw["override_mask"] = _override(cfg, crit, weights, jnp.full((b,), plen - 1), plen)
-    logits, cache = lm.prefill(params, prompt, cfg, cache, **kw)
+        override, mask = _override(cfg, crit, weights, jnp.full((b,), plen - 1), plen)
+        inputs = RouterInputs(weight_override=override, override_mask=mask)
+    logits, cache = lm.prefill(params, prompt, cfg, cache, inputs=inputs)
     first = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
 
     def step(carry, _):

@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxmoe.models import lm
 from jaxmoe.models.lm import LMConfig
+from jaxmoe.moe.routers import RouterInputs, get_router
 
 
 # ------------------------------------------------------------------------------ masks
@@ -70,25 +71,24 @@ def router_masks(cfg: LMConfig, disable: str | Sequence[tuple[int, int]] | None 
     if both:
         layer, expert = sorted(both)[0]
         raise ValueError(f"expert {layer}:{expert} is both disabled and forced.")
+    fewest, most = get_router(cfg.moe.router).experts_used(cfg.moe)  # experts a token needs enabled / can use
     expert_mask = force_mask = None
     if disable:
         expert_mask = np.ones((num_layers, n), bool)
         for layer, expert in disable:
             expert_mask[layer, expert] = False
-        k = cfg.moe.experts_per_token if cfg.moe.router != "thor" else 1
-        low = np.nonzero(expert_mask.sum(1) < k)[0]
+        low = np.nonzero(expert_mask.sum(1) < fewest)[0]
         if len(low):
             raise ValueError(f"layer {int(low[0])} keeps {int(expert_mask[low[0]].sum())} enabled experts but each "
-                             f"token uses {k}.")
+                             f"token uses {fewest}.")
     if force:
         force_mask = np.zeros((num_layers, n), bool)
         for layer, expert in force:
             force_mask[layer, expert] = True
-        k = {"thor": 1, "topp": n}.get(cfg.moe.router, cfg.moe.experts_per_token)
-        high = np.nonzero(force_mask.sum(1) > k)[0]
+        high = np.nonzero(force_mask.sum(1) > most)[0]
         if len(high):
             raise ValueError(f"layer {int(high[0])} forces {int(force_mask[high[0]].sum())} experts but each token "
-                             f"uses only {k}.")
+                             f"uses only {most}.")
     if fill:
         expert_mask = np.ones((num_layers, n), bool) if expert_mask is None else expert_mask
         force_mask = np.zeros((num_layers, n), bool) if force_mask is None else force_mask
@@ -101,7 +101,7 @@ def router_masks(cfg: LMConfig, disable: str | Sequence[tuple[int, int]] | None 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _assignments(params, tokens, cfg: LMConfig, expert_mask=None, force_mask=None):
     """Per MoE layer and token, which experts are in the token's set: ``[L, b*s, N]``."""
-    _, aux = lm.apply(params, tokens, cfg, expert_mask=expert_mask, force_mask=force_mask)
+    _, aux = lm.apply(params, tokens, cfg, inputs=RouterInputs(expert_mask=expert_mask, force_mask=force_mask))
     oh = jax.nn.one_hot(aux["expert_ids"], cfg.moe.num_experts, dtype=jnp.float32)  # [L, T, K, N]
     return (oh * aux["expert_valid"][..., None]).max(2)
 

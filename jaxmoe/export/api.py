@@ -2,9 +2,10 @@
 
 * :func:`export_hf` ``(run_dir, family, out_dir, shard_size="2GB")``: config.json +
   (sharded) safetensors that ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads.
-* :func:`import_hf` ``(hf_dir, out_run_dir)``: a jaxmoe run directory (config.yaml + an
-  orbax checkpoint at step 0 with fresh optimizer and data-iterator state) that
-  ``jaxmoe generate --checkpoint`` and ``jaxmoe train --config RUN/config.yaml --resume`` use.
+* :func:`import_hf` ``(hf_dir, out_run_dir)``: a jaxmoe run directory (config.yaml + a
+  params-only orbax checkpoint at step 0, :func:`jaxmoe.checkpoint.save_params`) that
+  ``jaxmoe generate --checkpoint`` and ``jaxmoe train --config RUN/config.yaml --resume`` use
+  (resuming starts a fresh optimizer state and data iterator).
 * :func:`load_hf` / :func:`save_hf`: the same conversions in memory (``(Config, params)``).
 * :func:`detect_family`, :func:`hf_info`: what an HF directory holds (headers only).
 """
@@ -14,11 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxmoe.config import Config
@@ -89,7 +88,7 @@ def export_hf(run_dir: str | Path, family: str, out_dir: str | Path, shard_size:
               step: int | None = None, dtype: str = "float32", stablehlo: bool = False,
               stablehlo_batch: int = 1, stablehlo_max_len: int | None = None) -> dict:
     """Export the latest (or ``step``) checkpoint of ``run_dir`` as an HF ``family`` directory."""
-    from jaxmoe.train.checkpoint import load_params
+    from jaxmoe.checkpoint import load_params
 
     fam = get_family(family)
     if hasattr(fam, "export_run"):  # families that convert whole run directories themselves
@@ -118,23 +117,12 @@ def load_hf(hf_dir: str | Path, family: str | None = None) -> tuple[Config, dict
     return cfg, params
 
 
-def _fresh_data_state(cfg: Config) -> dict:
-    from jaxmoe.train.tasks import make_task
-
-    try:
-        return make_task(cfg).train_pipeline.iterator().get_state()
-    except Exception as e:  # data the config points at is not usable here: params still import
-        log.warning("no data-iterator state saved (%s); `jaxmoe train --resume` needs a usable data config", e)
-        return {}
-
-
 def import_hf(hf_dir: str | Path, out_run_dir: str | Path, *, family: str | None = None, seed: int = 0) -> Path:
-    """Convert an HF directory into a jaxmoe run directory (config.yaml + orbax checkpoint at step 0)."""
+    """Convert an HF directory into a jaxmoe run directory (config.yaml + a params-only
+    orbax checkpoint at step 0: no optimizer state, no data-iterator position)."""
     import dataclasses
 
-    from jaxmoe.train import checkpoint as ckpt
-    from jaxmoe.train.optimizer import make_optimizer
-    from jaxmoe.train.state import TrainState
+    from jaxmoe import checkpoint as ckpt
 
     family = family or detect_family(hf_dir)
     fam = get_family(family)
@@ -147,21 +135,14 @@ def import_hf(hf_dir: str | Path, out_run_dir: str | Path, *, family: str | None
     tok = Path(hf_dir) / "tokenizer.json"
     data = cfg.data
     if tok.is_file():
+        from jaxmoe.data.tokenizers import check_tokenizer_fits, tokenizer_file_vocab_size
+
+        check_tokenizer_fits(tokenizer_file_vocab_size(tok) or 0, cfg.model.vocab_size, str(tok))
         run.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tok, run / "tokenizer.json")
         data = dataclasses.replace(data, tokenizer=str(run / "tokenizer.json"))
     cfg = dataclasses.replace(cfg, data=data, train=dataclasses.replace(cfg.train, output_dir=str(run), seed=seed))
-    tx = make_optimizer(cfg.train)
-    state = TrainState.create(jax.tree.map(jax.numpy.asarray, params), tx, seed)
-    data_state = _fresh_data_state(cfg)
-    ckpt.write_config(run, cfg)
-    manager = ckpt.make_manager(run, keep=cfg.train.keep_checkpoints)
-    try:
-        ckpt.save(manager, 0, state, data_state, {"step": 0, "time": time.time(), "family": cfg.model.family,
-                                                  "imported_from": str(Path(hf_dir).absolute())})
-    finally:
-        manager.close()
-    return run
+    return ckpt.save_params(run, cfg, params, step=0, meta={"imported_from": str(Path(hf_dir).absolute())})
 
 
 def hf_info(hf_dir: str | Path) -> dict[str, Any]:

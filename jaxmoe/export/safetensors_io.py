@@ -12,7 +12,16 @@ may be callables, so nothing is materialised before its shard is written).
 ``get(name)`` reads one tensor. The file format (8-byte little-endian header length, JSON
 header with dtype/shape/data_offsets, raw little-endian data) is implemented here directly
 so bfloat16 and float8 work without torch; files are interchangeable with ``safetensors``
-(tests check both directions).
+(tests check both directions). The reader keeps at most one file memory-mapped: reading a
+tensor of another shard drops the previous map, so its pages can be released.
+
+FP8 block-quantised checkpoints (DeepSeek-V3/R1: ``quantization_config = {"quant_method":
+"fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}``) store a weight ``W [M, N]`` as
+float8_e4m3fn with ``W_scale_inv [ceil(M/128), ceil(N/128)]`` (float32); the real weight is
+``W * scale_inv`` broadcast over each 128 x 128 block (edge blocks are partial).
+:class:`Fp8BlockReader` wraps a reader and dequantises while streaming: ``get(name)``
+returns the float32 weight, computed block-row by block-row straight from the memory map,
+so an import holds the output being built plus one tensor (never a whole checkpoint).
 """
 
 from __future__ import annotations
@@ -220,7 +229,7 @@ class SafetensorsReader:
             self.metadata.update(header.pop("__metadata__", {}) or {})
             for name, info in header.items():
                 self._entries[name] = (fp, data_start, info)
-        self._maps: dict[Path, np.memmap] = {}
+        self._maps: dict[Path, np.memmap] = {}  # at most one: the file read last
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -238,7 +247,9 @@ class SafetensorsReader:
         a, b = self._entries[name][2]["data_offsets"]
         return b - a
 
-    def get(self, name: str) -> np.ndarray:
+    def view(self, name: str) -> np.ndarray:
+        """One tensor as a read-only view of the memory map (no copy; valid until a tensor
+        of another file is read)."""
         try:
             fp, start, info = self._entries[name]
         except KeyError:
@@ -249,9 +260,19 @@ class SafetensorsReader:
         a, b = info["data_offsets"]
         mm = self._maps.get(fp)
         if mm is None:
+            self._maps.clear()  # one file mapped at a time: memory stays near one shard
             mm = self._maps[fp] = np.memmap(fp, dtype=np.uint8, mode="r")
         raw = mm[start + a:start + b]
-        return np.array(raw.view(DTYPES[code]).reshape(info["shape"]))
+        return raw.view(DTYPES[code]).reshape(info["shape"])
+
+    def get(self, name: str) -> np.ndarray:
+        """One tensor as a numpy array (a copy)."""
+        return np.array(self.view(name))
+
+    def get_float32(self, name: str) -> np.ndarray:
+        """One tensor as float32, converted straight from the memory map (at most one
+        allocation; a float32 tensor comes back as a read-only view of the map)."""
+        return np.asarray(self.view(name), np.float32)
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._entries:
@@ -265,6 +286,123 @@ class SafetensorsReader:
 
     def close(self) -> None:
         self._maps.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------- FP8 blocks
+
+SCALE_SUFFIX = "_scale_inv"
+
+
+def fp8_block_size(quantization_config: dict | None, where: str = "config.json") -> tuple[int, int] | None:
+    """``(block_rows, block_cols)`` of a block-FP8 ``quantization_config`` (None when there is
+    none); raises :class:`~jaxmoe.errors.ExportError` (one sentence) for anything else."""
+    from jaxmoe.errors import ExportError
+
+    qc = quantization_config
+    if not qc:
+        return None
+    if not isinstance(qc, dict):
+        raise ExportError(f"quantization_config in {where} must be a mapping, got {qc!r}.")
+    method = qc.get("quant_method")
+    if method != "fp8":
+        raise ExportError(f"quantization_config.quant_method={method!r} in {where} is not supported; jaxmoe reads "
+                          "only block-wise FP8 checkpoints (quant_method 'fp8', as DeepSeek-V3 stores them); "
+                          "dequantise it to bf16/fp32 first.")
+    fmt = qc.get("fmt", "e4m3")
+    if fmt != "e4m3":
+        raise ExportError(f"quantization_config.fmt={fmt!r} in {where} is not supported; only 'e4m3' "
+                          "(float8_e4m3fn) weights are.")
+    scheme = qc.get("activation_scheme", "dynamic")
+    if scheme != "dynamic":
+        raise ExportError(f"quantization_config.activation_scheme={scheme!r} in {where} is not supported; only "
+                          "'dynamic' (weights-only scales) is.")
+    block = qc.get("weight_block_size")
+    if (not isinstance(block, (list, tuple)) or len(block) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
+        raise ExportError(f"quantization_config.weight_block_size={block!r} in {where} is not supported; give two "
+                          "positive integers such as [128, 128] (per-tensor or per-channel FP8 is not read).")
+    return int(block[0]), int(block[1])
+
+
+def dequantize_fp8_blocks(weight: np.ndarray, scale_inv: np.ndarray, block: tuple[int, int] = (128, 128),
+                          dtype=np.float32, name: str = "weight") -> np.ndarray:
+    """``weight [M, N]`` (float8) times ``scale_inv [ceil(M/bm), ceil(N/bn)]`` broadcast over
+    each ``bm x bn`` block -> ``dtype`` ``[M, N]``. Converts and scales in place, block-row by
+    block-row, so the output is the only full-size allocation and ``weight`` may be a
+    memory-map view."""
+    bm, bn = block
+    if weight.ndim != 2:
+        raise ValueError(f"FP8 tensor {name!r} has shape {list(weight.shape)}; block scales need a 2-D weight.")
+    m, n = weight.shape
+    expected = (-(-m // bm), -(-n // bn))
+    if tuple(scale_inv.shape) != expected:
+        raise ValueError(f"the scales of FP8 tensor {name!r} have shape {list(scale_inv.shape)}, but a "
+                         f"{list(weight.shape)} weight in {bm}x{bn} blocks needs {list(expected)}.")
+    scale = np.asarray(scale_inv, np.float32)
+    out = np.empty((m, n), dtype)
+    for i in range(expected[0]):
+        rows = slice(i * bm, min((i + 1) * bm, m))
+        per_col = np.repeat(scale[i], bn)[:n].astype(dtype)  # [N]
+        out[rows] = weight[rows]  # float8 -> dtype, converted in numpy's small buffers
+        out[rows] *= per_col
+    return out
+
+
+class Fp8BlockReader:
+    """A reader that hides ``*_scale_inv`` tensors and returns their weights dequantised.
+
+    Same interface as :class:`SafetensorsReader` (``names``, ``in``, ``shape``, ``dtype``,
+    ``get``, ``paths``); ``get`` of a float8 weight returns ``float32`` (or ``dtype``) values
+    ``W * scale_inv`` per block. A float8 tensor without its scales is refused."""
+
+    def __init__(self, reader: SafetensorsReader, block: tuple[int, int] = (128, 128), dtype=np.float32):
+        self.reader, self.block, self.out_dtype = reader, tuple(block), dtype
+        self.paths = reader.paths
+        names = reader.names()
+        present = set(names)
+        self._scaled = {n[: -len(SCALE_SUFFIX)] for n in names
+                        if n.endswith(SCALE_SUFFIX) and n[: -len(SCALE_SUFFIX)] in present}
+        self._names = [n for n in names if not (n.endswith(SCALE_SUFFIX) and n[: -len(SCALE_SUFFIX)] in self._scaled)]
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.reader and not (name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in self._scaled)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.reader.shape(name)
+
+    def dtype(self, name: str) -> str:
+        return "F32" if name in self._scaled else self.reader.dtype(name)
+
+    def quantized(self, name: str) -> bool:
+        return name in self._scaled
+
+    def get(self, name: str) -> np.ndarray:
+        code = self.reader.dtype(name)
+        if name not in self._scaled:
+            if code.startswith("F8"):
+                raise ValueError(f"FP8 tensor {name!r} has no '{name}{SCALE_SUFFIX}' block scales.")
+            return self.reader.get(name)
+        if not code.startswith("F8"):
+            raise ValueError(f"tensor {name!r} has block scales but is stored as {code}, not FP8.")
+        scale = self.reader.get(name + SCALE_SUFFIX)  # small; read before the weight's view
+        return dequantize_fp8_blocks(self.reader.view(name), scale, self.block, self.out_dtype, name)
+
+    def get_float32(self, name: str) -> np.ndarray:
+        if name in self._scaled or self.reader.dtype(name).startswith("F8"):
+            return np.asarray(self.get(name), np.float32)
+        return self.reader.get_float32(name)
+
+    def close(self) -> None:
+        self.reader.close()
 
     def __enter__(self):
         return self

@@ -348,7 +348,7 @@ def load_hf(hf_dir: str | Path, base: Config | None = None, output_dir: str | No
 def export_time_moe(run_dir: str | Path, out_dir: str | Path, step: int | None = None, *,
                     shard_size: int | str = "2GB", dtype: str = "float32") -> dict:
     """Export a trained jaxmoe Time-MoE run (latest checkpoint unless ``step``) to an HF directory."""
-    from jaxmoe.train.checkpoint import load_params
+    from jaxmoe.checkpoint import load_params
 
     cfg, params = load_params(run_dir, step)
     if cfg.model.family != "time_moe":
@@ -357,29 +357,15 @@ def export_time_moe(run_dir: str | Path, out_dir: str | Path, step: int | None =
 
 
 def write_run(cfg: Config, params, run_dir: str | Path, step: int = 0, meta: dict | None = None) -> Path:
-    """Write ``params`` as a jaxmoe run directory (config.yaml + an orbax checkpoint at
-    ``step`` with a fresh optimizer state), loadable with ``load_params``/``--checkpoint``."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxmoe.train import checkpoint as ckpt
-    from jaxmoe.train.optimizer import make_optimizer
-    from jaxmoe.train.state import TrainState
+    """Write ``params`` as a jaxmoe run directory (config.yaml + a params-only orbax
+    checkpoint at ``step``, :func:`jaxmoe.checkpoint.save_params`), loadable with
+    ``load_params``/``--checkpoint``; ``jaxmoe train --resume`` continues it with a fresh
+    optimizer state."""
+    from jaxmoe.checkpoint import save_params
 
     run_dir = Path(run_dir)
-    if ckpt.checkpoint_dir(run_dir).exists() and any(ckpt.checkpoint_dir(run_dir).iterdir()):
-        raise ckpt.CheckpointError(f"{run_dir} already holds checkpoints; choose an empty output directory.")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(run_dir)))
-    ckpt.write_config(run_dir, cfg)
-    params = jax.tree.map(jnp.asarray, params)
-    state = TrainState.create(params, make_optimizer(cfg.train), cfg.train.seed)
-    state = state.replace(step=jnp.asarray(step, jnp.int32))
-    manager = ckpt.make_manager(run_dir, keep=cfg.train.keep_checkpoints)
-    try:
-        ckpt.save(manager, step, state, {}, {"step": step, "family": cfg.model.family, **(meta or {})})
-    finally:
-        manager.close()
-    return run_dir
+    return save_params(run_dir, cfg, params, step=step, meta=meta)
 
 
 def import_time_moe(hf_dir: str | Path, out_run_dir: str | Path, base: Config | None = None) -> Path:

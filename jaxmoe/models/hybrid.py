@@ -4,7 +4,7 @@ A hybrid layer replaces attention by a Mamba block or a diagonal (S4D/S5) SSM; t
 (MoE or dense) is unchanged. In the decode cache such a layer holds its recurrent state
 (Mamba: ``{"conv", "ssm"}``; diagonal: ``{"ssm"}``) instead of K/V, and the same
 full-sequence code path continues from it, so prefill and single-token steps agree with
-the full forward.
+the full forward. ``jaxmoe.models.lm`` imports this module (never the other way round).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 
 from jaxmoe.config import ModelConfig
+from jaxmoe.models.stack import DTYPES
 from jaxmoe.ssm.diagonal import diagonal_ssm, init_diagonal_ssm, init_diagonal_ssm_state
 from jaxmoe.ssm.mamba import init_mamba, init_mamba_state, mamba
 
@@ -34,10 +35,8 @@ def init_ssm_mixer(key, kind: str, cfg: ModelConfig) -> dict:
 def init_ssm_state(kind: str, cfg: ModelConfig, batch: int, dtype=None) -> dict:
     _check(kind)
     if kind == "mamba":
-        from jaxmoe.models.lm import compute_dtype
-
         return init_mamba_state(batch, cfg.embed_dim, d_state=cfg.ssm_state_dim, d_conv=cfg.ssm_conv_dim,
-                                expand=cfg.ssm_expand, dtype=dtype or compute_dtype(cfg))
+                                expand=cfg.ssm_expand, dtype=dtype or DTYPES[cfg.dtype])
     return init_diagonal_ssm_state(batch, cfg.embed_dim, d_state=cfg.ssm_state_dim)
 
 

@@ -11,6 +11,12 @@ Params::
              (leading axis "layers"): {mixer_norm, mixer, ffn_norm, ffn}
     final_norm: {scale [embed]}
     lm_head: {kernel [embed, vocab]}      (absent when tie_embeddings)
+    pregate: the router's pre-gating network (only routers with a pre-gating hook)
+
+The router is a plug-in (``model.moe.router``, :mod:`jaxmoe.moe.routers`); this module
+calls its hooks (pre-gating network, training objective, metrics) and never names one.
+Router inputs (expert masks, rank selection, weight overrides, keys, pre-gate logits)
+travel as one :class:`~jaxmoe.moe.routers.RouterInputs`.
 
 Public API: :func:`init`, :func:`apply`, :func:`init_cache`, :func:`prefill`,
 :func:`decode_step`, :func:`loss_fn`, :func:`param_axes`.
@@ -19,18 +25,21 @@ Public API: :func:`init`, :func:`apply`, :func:`init_cache`, :func:`prefill`,
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import jax
 import jax.numpy as jnp
 
 from jaxmoe.config import check
+from jaxmoe.models import hybrid
 from jaxmoe.models.base import TransformerConfig
-from jaxmoe.models.stack import Group, LayerKind, make_groups, scan_group, take_layers
+from jaxmoe.models.stack import Group, LayerKind, make_groups, scan_group
 from jaxmoe.moe.layer import init_moe, moe
+from jaxmoe.moe.routers import RouterInputs, get_router
 from jaxmoe.nn import attention as attn_lib
 from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
 from jaxmoe.nn.layers import attend_embedding, embed, init_embedding, init_rmsnorm, init_swiglu, rmsnorm, swiglu
+from jaxmoe.nn.rope import RopeScaling
 from jaxmoe.parallel.sharding import constrain
 
 from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
@@ -62,10 +71,13 @@ class LMConfig(TransformerConfig):
     ssm_state_dim: int = 16  # hybrid SSM mixers: Mamba N / diagonal SSM state
     ssm_conv_dim: int = 4
     ssm_expand: int = 2
+    rope_scaling: Optional[RopeScaling] = None  # YaRN context extension (jaxmoe.nn.rope), e.g. DeepSeek-V3
 
     def validate(self, cfg: Config) -> None:
         super().validate(cfg)
         m = self
+        if m.rope_scaling is not None:
+            m.rope_scaling.validate()
         check(m.vocab_size > 0, f"model.vocab_size must be positive, got {m.vocab_size}.")
         if m.attention_type == "mla":
             check(m.kv_lora_rank > 0 and m.v_head_dim > 0 and m.qk_nope_head_dim >= 0 and m.q_lora_rank >= 0,
@@ -115,8 +127,6 @@ def _init_mixer(key, kind: str, cfg: LMConfig):
         return attn_lib.init_attention(key, cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_size,
                                        qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, std=cfg.init_std,
                                        qk_norm_full=cfg.qk_norm_scope == "full")
-    from jaxmoe.models import hybrid
-
     return hybrid.init_ssm_mixer(key, kind, cfg)
 
 
@@ -145,10 +155,9 @@ def init_boxed(key, cfg: LMConfig) -> dict:
             for kind, pk in zip(g.unit, pos_keys)
         ])
     p["final_norm"] = init_rmsnorm(cfg.embed_dim)
-    if cfg.moe.router == "readme":  # Read-ME pre-gating router network (own key: other params unchanged)
-        from jaxmoe.moe import pregate
-
-        p["pregate"] = pregate.init_pregate(jax.random.fold_in(key, 0x5EAD), cfg)
+    router = get_router(cfg.moe.router)
+    if router.has_pregate:  # the router's pre-gating network (own key: other params unchanged)
+        p["pregate"] = router.init_pregate(jax.random.fold_in(key, 0x5EAD), cfg)
     if not cfg.tie_embeddings:
         p["lm_head"] = {"kernel": param(k["head"], (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
                                         normal(cfg.init_std))}
@@ -188,69 +197,62 @@ def init_cache(cfg: LMConfig, batch: int, max_len: int | None = None, dtype=None
             elif mixer == "attn":
                 one = attn_lib.init_kv_cache(batch, max_len, cfg.kv_heads, cfg.head_size, dtype)
             else:
-                from jaxmoe.models import hybrid
-
                 one = hybrid.init_ssm_state(mixer, cfg, batch)
             row.append(jax.tree.map(lambda a: jnp.broadcast_to(a, (g.repeats,) + a.shape), one))
         out.append(row)
     cache = {"index": jnp.zeros((), jnp.int32), "groups": out}
-    if cfg.moe.router == "readme":  # the pre-gating router's own small KV cache
-        from jaxmoe.moe import pregate
-
-        cache["pregate"] = pregate.init_pregate_cache(cfg, batch, max_len, dtype)
+    router = get_router(cfg.moe.router)
+    if router.has_pregate:  # the pre-gating network's own small cache
+        cache["pregate"] = router.init_pregate_cache(cfg, batch, max_len, dtype)
     return cache
 
 
 # --------------------------------------------------------------------------- forward
 
 
-def _block(p, h, kind, cfg: LMConfig, positions, layer_cache, cache_index, expert_mask, force_mask,
-           router_inputs=None):
+def _block(p, h, kind, cfg: LMConfig, positions, layer_cache, cache_index, inputs: RouterInputs):
     mixer, ffn = kind
     x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
     if mixer == "attn" and cfg.attention_type == "mla":
         from jaxmoe.nn import mla
 
         y, new_cache = mla.mla(p["mixer"], x, positions, rope_theta=cfg.rope_theta, cache=layer_cache,
-                               cache_index=cache_index, impl=cfg.attention_impl)
+                               cache_index=cache_index, impl=cfg.attention_impl, rope_scaling=cfg.rope_scaling)
     elif mixer == "attn":
         y, new_cache = attn_lib.attention(p["mixer"], x, positions, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps,
-                                          cache=layer_cache, cache_index=cache_index, impl=cfg.attention_impl)
+                                          cache=layer_cache, cache_index=cache_index, impl=cfg.attention_impl,
+                                          rope_scaling=cfg.rope_scaling)
     else:
-        from jaxmoe.models import hybrid
-
         y, new_cache = hybrid.ssm_mixer(p["mixer"], x, mixer, cfg, layer_cache)
     h = h + y
     x = rmsnorm(p["ffn_norm"], h, cfg.norm_eps)
     if ffn == "moe":
-        y, aux = moe(p["ffn"], x, cfg.moe, expert_mask=expert_mask, force_mask=force_mask, **(router_inputs or {}))
+        y, aux = moe(p["ffn"], x, cfg.moe, inputs=inputs)
     else:
         y, aux = swiglu(p["ffn"], x), None
     return constrain(h + y, ("batch", "seq", "embed")), new_cache, aux  # no-op without a multi-device mesh
 
 
 def forward(params, tokens: jax.Array, cfg: LMConfig, *, cache: dict | None = None,
-            expert_mask: jax.Array | None = None, force_mask: jax.Array | None = None,
-            return_hidden: bool = False, rng: jax.Array | None = None, rank_select: int | None = None,
-            weight_override: jax.Array | None = None, override_mask: jax.Array | None = None,
-            pregate_logits: jax.Array | None = None, return_probs: bool = False):
+            inputs: RouterInputs | None = None, return_hidden: bool = False):
     """Core forward pass.
 
     Args:
       tokens: ``[batch, seq]`` int32.
       cache: optional decode cache (:func:`init_cache`); tokens are written at
         ``cache["index"]`` and the index advances by ``seq``.
-      expert_mask / force_mask: optional ``[num_layers, num_experts]`` bool router inputs
-        (False in expert_mask disables an expert; True in force_mask forces it).
-      rng: key for THOR's random experts (split into one key per layer).
-      rank_select: use only the expert ranked ``r`` in every MoE layer (SCMoE weak routing).
-      weight_override: ``[num_layers, batch, seq, num_experts]`` router scores replacing the
-        router's where ``override_mask [num_layers, batch, seq]`` is True (C3PO).
-      pregate_logits: ``[batch, seq, num_experts]`` Read-ME router logits computed ahead
-        (:func:`jaxmoe.moe.pregate.pregate_forward`); by default the pre-gate runs here
-        (with its own KV cache in ``cache["pregate"]``; a given ``pregate_logits`` leaves
-        that cache entry as it is).
-      return_probs: also return ``aux["probs"] [moe_layers, batch*seq, num_experts]``.
+      inputs: router inputs of the whole model (:class:`~jaxmoe.moe.routers.RouterInputs`):
+        ``expert_mask`` / ``force_mask [num_layers, num_experts]`` bool (False in
+        expert_mask disables an expert; True in force_mask forces it); ``rng`` (split into
+        one key per layer, for random routers); ``rank_select`` (use only the expert
+        ranked ``r`` in every MoE layer: contrastive decoding's weak routing); ``weight_override
+        [num_layers, batch, seq, num_experts]`` router scores replacing the router's where
+        ``override_mask [num_layers, batch, seq]`` is True (re-mixing); ``pregate_logits [batch,
+        seq, num_experts]`` computed ahead by the router's pre-gating network (by default
+        the pre-gate runs here, with its own cache in ``cache["pregate"]``; given logits
+        leave that cache entry as it is); ``return_probs``: also return ``aux["probs"]
+        [moe_layers, batch*seq, num_experts]``.
+      return_hidden: also return ``aux["hidden"]`` (final normed hidden states).
     Returns ``(logits [batch, seq, vocab] fp32, aux, new_cache)``; aux has ``aux_loss``,
     ``balance_loss``, ``load [moe_layers, experts]``, ``dropped_frac``, ``expert_ids
     [moe_layers, batch*seq, k]`` (and ``hidden`` if requested).
@@ -260,45 +262,30 @@ def forward(params, tokens: jax.Array, cfg: LMConfig, *, cache: dict | None = No
     index = cache["index"] if cache is not None else jnp.zeros((), jnp.int32)
     positions = jnp.broadcast_to(index + jnp.arange(s, dtype=jnp.int32), (b, s))
     h = embed(params["embed"], tokens, dt)
-    shared_inputs, layer_inputs = {}, {}
-    if rank_select is not None:
-        shared_inputs["rank_select"] = rank_select
-    if return_probs:
-        shared_inputs["return_probs"] = True
+    inputs = RouterInputs() if inputs is None else inputs
+    router = get_router(cfg.moe.router)
     new_pregate = cache.get("pregate") if cache is not None else None
-    if cfg.moe.router == "readme":
-        if pregate_logits is None:
-            from jaxmoe.moe import pregate
-
-            pregate_logits, new_pregate = pregate.pregate_forward(params["pregate"], tokens, cfg, cache=new_pregate,
-                                                                  index=index)
-        shared_inputs["pregate_logits"] = pregate_logits.reshape(b * s, -1)
-    if rng is not None:
-        layer_inputs["rng"] = jax.random.split(rng, cfg.num_layers)
-    if weight_override is not None:
-        layer_inputs["weight_override"] = weight_override.reshape(cfg.num_layers, b * s, -1)
-        if override_mask is not None:
-            layer_inputs["override_mask"] = override_mask.reshape(cfg.num_layers, b * s)
+    if router.has_pregate and inputs.pregate_logits is None:  # the router's pre-gating hook
+        pregate_logits, new_pregate = router.pregate(params["pregate"], tokens, cfg, cache=new_pregate, index=index)
+        inputs = inputs.replace(pregate_logits=pregate_logits)
+    stacked = inputs.stack(cfg.num_layers, b * s)  # per-layer fields [num_layers, ...], tokens flattened
     new_groups = []
     moe_aux = []  # (layer indices, stacked aux) per MoE unit position
     for gi, g in enumerate(groups(cfg)):
         gparams = params["groups"][gi]
         gcache = cache["groups"][gi] if cache is not None else [None] * len(g.unit)
-        masks = [(take_layers(expert_mask, g.layer_indices(j)), take_layers(force_mask, g.layer_indices(j)),
-                  {key: take_layers(v, g.layer_indices(j)) for key, v in layer_inputs.items()})
-                 for j in range(len(g.unit))]
+        layer_inputs = [stacked.take_layers(g.layer_indices(j)) for j in range(len(g.unit))]
 
         def body(h, xs, g=g):
-            lp, lc, lm = xs
+            lp, lc, li = xs
             new_c, auxes = [], []
             for j, kind in enumerate(g.unit):
-                h, c, a = _block(lp[j], h, kind, cfg, positions, lc[j], index, lm[j][0], lm[j][1],
-                                 {**shared_inputs, **lm[j][2]})
+                h, c, a = _block(lp[j], h, kind, cfg, positions, lc[j], index, li[j].join(stacked))
                 new_c.append(c)
                 auxes.append(a)
             return h, (new_c, auxes)
 
-        h, (gc, gaux) = scan_group(body, h, (gparams, gcache, masks), cfg.remat)
+        h, (gc, gaux) = scan_group(body, h, (gparams, gcache, layer_inputs), cfg.remat)
         new_groups.append(gc)
         for j, (_, ffn) in enumerate(g.unit):
             if ffn == "moe":
@@ -333,7 +320,7 @@ def _collect_aux(moe_aux, cfg: LMConfig) -> dict:
     stack = lambda key: jnp.stack([a[key] for a in per_layer])
     out = {"aux_loss": stack("aux_loss").sum(), "load": stack("load"), "dropped_frac": stack("dropped_frac").mean(),
            "expert_ids": stack("expert_ids")}
-    for key in ("balance_loss", "z_loss", "dynamic_loss"):
+    for key in ("balance_loss", "z_loss") + get_router(cfg.moe.router).loss_names:
         if key in per_layer[0]:
             out[key] = stack(key).mean()
     for key in ("expert_weights", "expert_valid", "active_experts", "probs"):  # per MoE layer
@@ -342,22 +329,25 @@ def _collect_aux(moe_aux, cfg: LMConfig) -> dict:
     return out
 
 
-def apply(params, tokens: jax.Array, cfg: LMConfig, **kwargs) -> tuple[jax.Array, dict]:
+def apply(params, tokens: jax.Array, cfg: LMConfig, *, inputs: RouterInputs | None = None,
+          return_hidden: bool = False) -> tuple[jax.Array, dict]:
     """Full forward without a cache: ``tokens [batch, seq] -> (logits [batch, seq, vocab], aux)``."""
-    logits, aux, _ = forward(params, tokens, cfg, **kwargs)
+    logits, aux, _ = forward(params, tokens, cfg, inputs=inputs, return_hidden=return_hidden)
     return logits, aux
 
 
-def prefill(params, tokens: jax.Array, cfg: LMConfig, cache: dict, **kwargs) -> tuple[jax.Array, dict]:
+def prefill(params, tokens: jax.Array, cfg: LMConfig, cache: dict, *,
+            inputs: RouterInputs | None = None) -> tuple[jax.Array, dict]:
     """Run a prompt ``[batch, seq]`` through the model, filling the cache.
     Returns ``(logits [batch, seq, vocab], cache)``."""
-    logits, _, cache = forward(params, tokens, cfg, cache=cache, **kwargs)
+    logits, _, cache = forward(params, tokens, cfg, cache=cache, inputs=inputs)
     return logits, cache
 
 
-def decode_step(params, token: jax.Array, cfg: LMConfig, cache: dict, **kwargs) -> tuple[jax.Array, dict]:
+def decode_step(params, token: jax.Array, cfg: LMConfig, cache: dict, *,
+                inputs: RouterInputs | None = None) -> tuple[jax.Array, dict]:
     """One decoding step: ``token [batch]`` -> ``(logits [batch, vocab], cache)``."""
-    logits, _, cache = forward(params, token[:, None], cfg, cache=cache, **kwargs)
+    logits, _, cache = forward(params, token[:, None], cfg, cache=cache, inputs=inputs)
     return logits[:, 0], cache
 
 
@@ -380,19 +370,19 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None 
 def loss_fn(params, batch: dict, cfg: LMConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``batch["tokens"] [batch, seq+1]`` -> ``(loss, metrics)``; loss = CE + router aux losses.
 
-    THOR (``router: thor``) trains with two stochastic passes and a consistency loss
-    (:func:`jaxmoe.models.thor.loss_fn`)."""
-    if cfg.moe.router == "thor":
-        from jaxmoe.models import thor
-
-        return thor.loss_fn(params, batch, cfg, rng)
-    del rng
+    A router with its own training objective (e.g. two stochastic passes with a
+    consistency loss) replaces the single pass; ``rng`` is its key."""
     tokens = batch["tokens"]
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    x, targets = tokens[:, :-1], tokens[:, 1:]
     mask = batch.get("mask")
     if mask is not None:
         mask = mask[:, 1:]
-    logits, aux = apply(params, inputs, cfg)
+    router = get_router(cfg.moe.router)
+    if router.objective is not None:
+        run = lambda inputs: apply(params, x, cfg, inputs=inputs)  # noqa: E731
+        return router.objective(run, lambda logits: cross_entropy(logits, targets, mask), mask, cfg.moe, rng)
+    del rng
+    logits, aux = apply(params, x, cfg)
     ce = cross_entropy(logits, targets, mask)
     loss = ce + aux["aux_loss"]
     metrics = {"ce": ce, "aux_loss": aux["aux_loss"], "dropped_frac": aux["dropped_frac"]}
@@ -400,8 +390,9 @@ def loss_fn(params, batch: dict, cfg: LMConfig, rng: jax.Array | None = None) ->
         metrics["load"] = aux["load"]
         metrics["balance_loss"] = aux["balance_loss"]
         metrics["max_load"] = (aux["load"].max(-1) * cfg.moe.num_experts).mean()
-        if cfg.moe.router == "topp":  # variable experts per token
-            metrics["dynamic_loss"] = aux["dynamic_loss"]
+        for name in router.loss_names:  # the router's own losses
+            metrics[name] = aux[name]
+        if router.variable_experts:  # experts per token vary: report how many are active
             metrics["active_experts"] = aux["active_experts"].mean()
             metrics["active_experts_per_layer"] = aux["active_experts"]
     return loss, metrics

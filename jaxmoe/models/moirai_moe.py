@@ -85,7 +85,7 @@ from jaxmoe.models.series import align_to_first_observation
 from jaxmoe.models.stack import scan_group
 from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.layer import init_moe, moe
-from jaxmoe.moe.router import Routing
+from jaxmoe.moe.routers.centroid import centroid_routing
 from jaxmoe.nn import attention as attn_lib
 from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
 from jaxmoe.nn.layers import init_linear, init_rmsnorm, linear, rmsnorm
@@ -135,10 +135,10 @@ def num_raw_params(cfg: MoiraiMoEConfig) -> int:
 def moe_config(cfg: MoiraiMoEConfig) -> MoEConfig:
     """The MoEConfig of every FFN: routed SwiGLU experts only, softmax top-k renormalised
     over the chosen experts (learned gating). With centroid gating the router (and its
-    losses) is replaced by :func:`centroid_routing`."""
+    losses) is replaced by :func:`jaxmoe.moe.routers.centroid.centroid_routing`."""
     cfg = _model_cfg(cfg)
     m = dataclasses.replace(
-        cfg.moe, router="topk", score_func="softmax", norm_topk=True, selection_bias=False,
+        cfg.moe, router="topk", router_options=None, score_func="softmax", norm_topk=True, selection_bias=False,
         bias_update_rate=0.0, routed_scaling_factor=1.0, num_groups=1, topk_groups=1, num_shared_experts=0,
         shared_expert_gate=False, first_k_dense=0, moe_every=1, num_compressed_experts=0)
     if cfg.moirai_gating != "learned":
@@ -266,23 +266,6 @@ def attention(params, x: jax.Array, positions: jax.Array, cfg: MoiraiMoEConfig, 
                                            mask=allowed[None, None])
     y = jnp.einsum("bshk,hkd->bsd", out, params["o"]["kernel"].astype(x.dtype))
     return y, new_cache
-
-
-def centroid_routing(x: jax.Array, centroids: jax.Array, k: int, nearest: bool = False) -> Routing:
-    """Routing by Euclidean distance to fixed centroids (Moirai-MoE).
-
-    ``x [T, embed]``, ``centroids [experts, embed]`` (no gradient). Scores are the distances
-    ``d [T, experts]`` (``-d`` when ``nearest``); the top-k scores choose the experts and
-    ``softmax`` over those k scores gives their weights (the released code's
-    ``topk(cdist) -> softmax``). ``probs = softmax(scores)`` only feeds statistics.
-    """
-    xf = x.astype(jnp.float32)
-    c = jax.lax.stop_gradient(centroids.astype(jnp.float32))
-    d2 = jnp.sum(xf * xf, -1, keepdims=True) - 2.0 * xf @ c.T + jnp.sum(c * c, -1)[None, :]
-    d = jnp.sqrt(jnp.maximum(d2, 1e-12))
-    scores = -d if nearest else d
-    top, ids = jax.lax.top_k(scores, k)
-    return Routing(ids.astype(jnp.int32), jax.nn.softmax(top, axis=-1), jax.nn.softmax(scores, axis=-1), scores)
 
 
 def _block(p, h, cfg: MoiraiMoEConfig, mcfg: MoEConfig, positions, layer_cache, cache_index):

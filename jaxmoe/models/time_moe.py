@@ -47,7 +47,7 @@ from jaxmoe.models.stack import scan_group
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.losses import expert_counts
-from jaxmoe.moe.router import route
+from jaxmoe.moe.routers import route
 from jaxmoe.nn import attention as attn_lib
 from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
 from jaxmoe.nn.layers import init_rmsnorm, init_swiglu, rmsnorm, swiglu
@@ -97,7 +97,7 @@ def moe_config(cfg: TimeMoEConfig) -> MoEConfig:
     width ``ffn_dim // k``, one sigmoid-gated shared expert of width ``ffn_dim``; the balance
     loss is computed over all layers by :func:`time_moe_aux_loss`, so the layer's own is off."""
     return dataclasses.replace(
-        cfg.moe, router="topk", score_func="softmax", norm_topk=False, selection_bias=False,
+        cfg.moe, router="topk", router_options=None, score_func="softmax", norm_topk=False, selection_bias=False,
         bias_update_rate=0.0, routed_scaling_factor=1.0, num_groups=1, topk_groups=1,
         expert_ffn_dim=expert_width(cfg), num_shared_experts=1, shared_ffn_dim=ffn_width(cfg),
         shared_expert_gate=True, first_k_dense=0, moe_every=1, balance_loss="none", seq_aux=False,

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmoe.moe.gmm import gmm
-from jaxmoe.moe.router import Routing
+from jaxmoe.moe.routers.base import Routing
 
 
 # ------------------------------------------------------------- permutation primitives

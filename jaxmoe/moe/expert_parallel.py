@@ -48,7 +48,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.dispatch import expert_capacity, expert_swiglu_grouped, permute_rows
-from jaxmoe.moe.router import Routing
+from jaxmoe.moe.routers.base import Routing
 
 EXCHANGES = ("padded", "ragged", "auto")
 

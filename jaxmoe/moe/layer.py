@@ -2,15 +2,17 @@
 
 Params::
 
-    router:  kernel [embed, experts] (+ selection_bias [experts])
+    router:  the router's params (learned routers: kernel [embed, experts] (+ selection_bias [experts]))
     experts: gate, up [experts, embed, expert_ffn]; down [experts, expert_ffn, embed]
     shared:  SwiGLU of width num_shared_experts * shared_ffn_dim       (optional)
     shared_gate: kernel [embed, 1]  (Qwen2-MoE sigmoid gate)           (optional)
     compressed: e_gate, e_up [experts, embed]; e_down [experts, expert_ffn]  (IA3 vectors of
                 compressed experts, init ones; when num_compressed_experts > 0)
 
-Router variants (top-p, THOR, Read-ME, MoE-X) and inference-time interventions (masks,
-rank selection, weight overrides) are router options/inputs; the layer does not fork.
+The router is a plug-in (``cfg.router`` names one of :mod:`jaxmoe.moe.routers`): it makes
+its params, routes, and reports its own losses. Inference-time interventions (masks, rank
+selection, weight overrides, ...) travel as one :class:`~jaxmoe.moe.routers.RouterInputs`;
+the layer does not fork.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe import expert_parallel, losses
 from jaxmoe.moe.dispatch import ENGINES
 from jaxmoe.moe.gmm import resolve_backend
-from jaxmoe.moe.router import Routing, init_router, route
+from jaxmoe.moe.routers import RouterInputs, Routing, get_router
 from jaxmoe.nn.init import normal, ones, param, split
 from jaxmoe.nn.layers import init_swiglu, swiglu
 
@@ -45,7 +47,7 @@ def init_experts(key, embed_dim: int, num_experts: int, ffn_dim: int, std: float
 def init_moe(key, embed_dim: int, cfg: MoEConfig, std: float = 0.02) -> dict:
     k = split(key, ["router", "experts", "shared", "shared_gate"])
     p = {
-        "router": init_router(k["router"], embed_dim, cfg, std),
+        "router": get_router(cfg.router).init(k["router"], embed_dim, cfg, std),
         "experts": init_experts(k["experts"], embed_dim, cfg.num_experts, cfg.expert_ffn_dim, std),
     }
     if cfg.num_shared_experts:
@@ -106,47 +108,38 @@ def aux_losses(routing: Routing, cfg: MoEConfig, batch_shape: tuple[int, int],
         dev = losses.device_balance_loss(routing.probs, routing.expert_ids, n, k, groups, routing.valid)
         out["device_balance_loss"] = dev
         total = total + cfg.device_balance_coef * dev
-    if cfg.router == "topp":
-        dyn = losses.routing_entropy(routing.probs)
-        out["dynamic_loss"] = dyn
-        total = total + cfg.dynamic_loss_coef * dyn
+    for name, (value, coef) in get_router(cfg.router).losses(routing, cfg).items():  # the router's own losses
+        out[name] = value
+        total = total + coef * value
     out["aux_loss"] = total
     return out
 
 
-def moe(params, x: jax.Array, cfg: MoEConfig, *, expert_mask: jax.Array | None = None,
-        force_mask: jax.Array | None = None, routing: Routing | None = None,
-        dispatch: str | None = None, rng: jax.Array | None = None, rank_select: int | None = None,
-        weight_override: jax.Array | None = None, override_mask: jax.Array | None = None,
-        pregate_logits: jax.Array | None = None, return_probs: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+def moe(params, x: jax.Array, cfg: MoEConfig, *, inputs: RouterInputs | None = None,
+        routing: Routing | None = None, dispatch: str | None = None) -> tuple[jax.Array, dict[str, Any]]:
     """MoE FFN on ``x [batch, seq, embed]``.
 
     Returns ``(y [batch, seq, embed], aux)`` where aux holds ``aux_loss`` (weighted sum of
     router losses), ``balance_loss``/``z_loss``/``dynamic_loss`` (unweighted), ``load
     [experts]`` (fraction of assignments per expert), ``dropped_frac``, ``expert_ids
     [batch*seq, k]``, ``expert_weights [batch*seq, k]``, ``expert_valid [batch*seq, k]``,
-    ``active_experts`` (mean experts per token) and, if ``return_probs``, ``probs
+    ``active_experts`` (mean experts per token) and, if ``inputs.return_probs``, ``probs
     [batch*seq, experts]``.
-    ``routing`` may be given to bypass the router (tests, pre-gated routers).
 
-    Router inputs: ``expert_mask``/``force_mask [experts]``, ``rng`` (THOR),
-    ``rank_select`` (SCMoE weak routing), ``weight_override [batch*seq, experts]`` with
-    ``override_mask [batch*seq]`` (C3PO), ``pregate_logits [batch*seq, experts]`` (Read-ME).
+    ``inputs``: this layer's router inputs (``expert_mask``/``force_mask [experts]``, ``rng``,
+    ``rank_select``, ``weight_override [batch*seq, experts]`` with ``override_mask
+    [batch*seq]``, ``pregate_logits [batch*seq, experts]``, ``return_probs``); an input the
+    router does not take is a ValueError. ``routing`` bypasses the router (tests, routing
+    computed outside the layer); ``dispatch`` overrides ``cfg.dispatch``.
     """
     b, s, d = x.shape
     xt = x.reshape(b * s, d)
+    inputs = RouterInputs() if inputs is None else inputs
     if routing is None:
-        inputs = dict(expert_mask=expert_mask, force_mask=force_mask, rng=rng, rank_select=rank_select,
-                      weight_override=weight_override, override_mask=override_mask, pregate_logits=pregate_logits)
-        inputs = {key: v for key, v in inputs.items() if v is not None}
-        if cfg.router == "moex":
-            inputs["experts"] = params["experts"]
-        if cfg.router == "thor":
-            inputs["batch_shape"] = (b, s)
-        routing = route(params["router"], xt, cfg, **inputs)
+        routing = get_router(cfg.router).route_layer(params, xt, cfg, inputs, (b, s))
     full_routing = routing
     ia3 = None
-    if cfg.num_compressed_experts and rank_select is None:
+    if cfg.num_compressed_experts and inputs.rank_select is None:
         routing, ia3 = compressed_split(routing, cfg, params["compressed"])
     engine_name = dispatch or cfg.dispatch
     try:
@@ -181,6 +174,6 @@ def moe(params, x: jax.Array, cfg: MoEConfig, *, expert_mask: jax.Array | None =
     aux["expert_weights"] = routing.weights
     aux["expert_valid"] = valid
     aux["active_experts"] = valid.sum(-1).astype(jnp.float32).mean()
-    if return_probs:
+    if inputs.return_probs:
         aux["probs"] = full_routing.probs
     return y.reshape(b, s, d), aux

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxmoe.nn.init import normal, ones, param, split, zeros
 from jaxmoe.nn.layers import init_rmsnorm, rmsnorm
-from jaxmoe.nn.rope import apply_rope
+from jaxmoe.nn.rope import RopeScaling, apply_rope
 
 
 def init_attention(key, embed_dim: int, num_heads: int, kv_heads: int, head_dim: int, *,
@@ -89,13 +89,15 @@ def _choose_impl(requested: str, dtype, has_cache: bool) -> str | None:
 
 def attention(params, x: jax.Array, positions: jax.Array, *, rope_theta: float = 10000.0,
               norm_eps: float = 1e-6, cache: dict | None = None, cache_index: jax.Array | None = None,
-              impl: str = "auto") -> tuple[jax.Array, dict | None]:
+              impl: str = "auto", rope_scaling: RopeScaling | None = None) -> tuple[jax.Array, dict | None]:
     """Causal self-attention.
 
     Args:
       x: ``[batch, seq, embed]``; positions: ``[batch, seq]`` absolute positions (RoPE).
       cache: optional ``{"k","v": [batch, max_len, kv_heads, head_dim]}``; cache_index: int
         scalar, where ``x``'s first token goes in the cache.
+      rope_scaling: YaRN (:class:`~jaxmoe.nn.rope.RopeScaling`): rescaled frequencies and
+        the attention factor on cos/sin (the softmax scale stays ``1/sqrt(head_dim)``).
     Returns ``(y [batch, seq, embed], updated cache or None)``.
     """
     q = _project(params["q"], x)
@@ -104,8 +106,8 @@ def attention(params, x: jax.Array, positions: jax.Array, *, rope_theta: float =
     if "q_norm" in params:
         q = _qk_norm(params["q_norm"], q, norm_eps)
         k = _qk_norm(params["k_norm"], k, norm_eps)
-    q = apply_rope(q, positions, rope_theta)
-    k = apply_rope(k, positions, rope_theta)
+    q = apply_rope(q, positions, rope_theta, rope_scaling)
+    k = apply_rope(k, positions, rope_theta, rope_scaling)
     head_dim = q.shape[-1]
     scale = 1.0 / float(head_dim) ** 0.5
     new_cache = None

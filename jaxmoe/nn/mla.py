@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from jaxmoe.nn.init import normal, param, split
 from jaxmoe.nn.layers import init_rmsnorm, rmsnorm
-from jaxmoe.nn.rope import apply_rope
+from jaxmoe.nn.rope import RopeScaling, apply_rope, softmax_scale_factor
 
 # The latent RMSNorms (q_a_layernorm, kv_a_layernorm) use a fixed eps in DeepSeek's code
 # and in transformers, independent of the model's rms_norm_eps.
@@ -78,13 +78,17 @@ def _queries(params, x):
 
 
 def mla(params, x: jax.Array, positions: jax.Array, *, rope_theta: float = 10000.0, cache: dict | None = None,
-        cache_index: jax.Array | None = None, impl: str = "auto") -> tuple[jax.Array, dict | None]:
+        cache_index: jax.Array | None = None, impl: str = "auto",
+        rope_scaling: RopeScaling | None = None) -> tuple[jax.Array, dict | None]:
     """Causal MLA self-attention.
 
     Args:
       x: ``[batch, seq, embed]``; positions: ``[batch, seq]`` absolute positions (RoPE).
       cache: optional ``{"c_kv": [batch, max_len, kv_lora], "k_pe": [batch, max_len, rope]}``;
         cache_index: int scalar, where ``x``'s first token goes in the cache.
+      rope_scaling: YaRN (:class:`~jaxmoe.nn.rope.RopeScaling`): rescaled frequencies and
+        attention factor on the rope dims, and DeepSeek's ``mscale_all_dim`` correction of
+        the softmax scale.
     Returns ``(y [batch, seq, embed], updated cache or None)``.
     """
     from jaxmoe.nn.attention import _choose_impl
@@ -95,11 +99,11 @@ def mla(params, x: jax.Array, positions: jax.Array, *, rope_theta: float = 10000
     q = _queries(params, x)  # [b, s, h, nope + rope]
     nope = q.shape[-1] - rope
     q_nope, q_pe = q[..., :nope], q[..., nope:]
-    scale = 1.0 / float(nope + rope) ** 0.5
-    q_pe = apply_rope(q_pe, positions, rope_theta)
+    scale = softmax_scale_factor(rope_scaling) / float(nope + rope) ** 0.5
+    q_pe = apply_rope(q_pe, positions, rope_theta, rope_scaling)
     kv = x @ params["kv_a"]["kernel"].astype(dt)  # [b, s, kv_lora + rope]
     c_kv = rmsnorm(params["kv_a_norm"], kv[..., :kv_lora], LATENT_NORM_EPS)
-    k_pe = apply_rope(kv[..., kv_lora:][:, :, None, :], positions, rope_theta)[:, :, 0, :]  # [b, s, rope]
+    k_pe = apply_rope(kv[..., kv_lora:][:, :, None, :], positions, rope_theta, rope_scaling)[:, :, 0, :]  # [b, s, rope]
     kv_b = params["kv_b"]["kernel"].astype(dt)
     k_b, v_b = kv_b[..., :nope], kv_b[..., nope:]
     b, s, h, _ = q.shape

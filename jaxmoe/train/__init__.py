@@ -3,6 +3,7 @@
 ``jaxmoe.train.train(config)`` runs a whole training job (see :mod:`jaxmoe.train.loop`).
 """
 
-from jaxmoe.train.loop import TrainingError, abstract_train_state, train
+from jaxmoe.train.loop import TrainingError, train
+from jaxmoe.train.state import abstract_train_state
 
 __all__ = ["train", "abstract_train_state", "TrainingError"]

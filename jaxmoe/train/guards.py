@@ -1,5 +1,6 @@
-"""Guards of a training run: loss-spike detection, naming non-finite values, refusing to
-checkpoint non-finite parameters, and checking user time series before training starts."""
+"""Guards of a training run: loss-spike detection, naming non-finite values, and checking
+user time series before training starts. Leaf naming and the non-finite-parameter check
+(which also guards every checkpoint save) live in :mod:`jaxmoe.checkpoint`."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import logging
 import math
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from jaxmoe.checkpoint import leaf_names
 
 log = logging.getLogger("jaxmoe")
 
@@ -106,49 +107,6 @@ class HealthMonitor:
                     out.append(f"step {step}: the router load has not moved over the last {step - s0} steps (largest "
                                f"change {change:.2g}); the routers may not be learning.")
         return out
-
-
-def leaf_names(tree) -> list[str]:
-    """Dotted names of the leaves of ``tree`` in flatten order (``groups.0.0.ffn.router.kernel``)."""
-    names = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        parts = []
-        for k in path:
-            for attr in ("key", "name", "idx"):
-                if hasattr(k, attr):
-                    parts.append(str(getattr(k, attr)))
-                    break
-            else:
-                parts.append(str(k))
-        names.append(".".join(parts))
-    return names
-
-
-def leaf_finite_flags(tree) -> jax.Array:
-    """bool ``[num_leaves]``: whether each floating leaf of ``tree`` is entirely finite
-    (integer leaves count as finite)."""
-    leaves = jax.tree.leaves(tree)
-    return jnp.stack([jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
-                      for x in leaves]) if leaves else jnp.zeros((0,), bool)
-
-
-def first_nonfinite_leaf(tree) -> jax.Array:
-    """int32 scalar: flatten index of the first leaf with a non-finite value, -1 if none."""
-    flags = leaf_finite_flags(tree)
-    if flags.shape[0] == 0:
-        return jnp.int32(-1)
-    return jnp.where(jnp.all(flags), -1, jnp.argmin(flags)).astype(jnp.int32)
-
-
-_first_nonfinite_jit = jax.jit(first_nonfinite_leaf)
-
-
-def first_nonfinite_param(params) -> str | None:
-    """Name of the first parameter holding NaN/inf (one jitted reduction), or None."""
-    if not jax.tree.leaves(params):
-        return None
-    i = int(_first_nonfinite_jit(params))
-    return None if i < 0 else leaf_names(params)[i]
 
 
 def nonfinite_batch_fields(batch: dict) -> list[str]:

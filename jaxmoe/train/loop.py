@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmoe import checkpoint as ckpt_io
 from jaxmoe.config import Config, to_dict
 from jaxmoe.parallel import mesh as mesh_lib
 from jaxmoe.parallel import sharding as shard_lib
@@ -31,7 +32,7 @@ from jaxmoe.train.faults import FaultInjector
 from jaxmoe.train.guards import HealthMonitor, SpikeDetector, check_series_sources, describe_nonfinite, load_entropy
 from jaxmoe.train.metrics import JsonlWriter, plot_expert_load, plot_training, read_jsonl, truncate_after_step
 from jaxmoe.train.optimizer import learning_rate_schedule, make_optimizer
-from jaxmoe.train.state import TrainState
+from jaxmoe.train.state import TrainState, abstract_train_state
 from jaxmoe.train.step import make_eval_step, make_train_step
 from jaxmoe.train.tasks import make_task
 from jaxmoe.train.tensorboard import EventWriter, TeeWriter
@@ -40,13 +41,6 @@ log = logging.getLogger("jaxmoe")
 
 
 from jaxmoe.errors import TrainingError  # noqa: E402,F401  (re-exported)
-
-
-def abstract_train_state(cfg: Config, task=None):
-    """Shapes/dtypes of the train state, without allocating it."""
-    task = task or make_task(cfg, with_data=False)
-    tx = make_optimizer(cfg.train)
-    return jax.eval_shape(lambda: TrainState.create(task.init(jax.random.PRNGKey(cfg.train.seed)), tx, cfg.train.seed))
 
 
 class _StopRequest:
@@ -175,7 +169,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
     tx = make_optimizer(tcfg)
     schedule = learning_rate_schedule(tcfg)
     manager = None
-    if ckpt.checkpoint_dir(run_dir).exists():
+    if ckpt_io.checkpoint_dir(run_dir).exists():
         manager = ckpt.make_manager(run_dir, keep=tcfg.keep_checkpoints, create=False, cleanup=False)
     latest = manager.latest_step() if manager is not None else None
     train_iter = task.train_pipeline.iterator()
@@ -183,22 +177,26 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
         raise TrainingError(f"{run_dir} already holds checkpoints (latest step {latest}); pass --resume to continue "
                             "or choose another train.output_dir.")
     if manager is not None:  # resuming, or nothing complete here: partial saves of a killed run go
-        ckpt.remove_partial(run_dir)
+        ckpt_io.remove_partial(run_dir)
     spikes = SpikeDetector(tcfg.spike_factor)
     if resume and latest is not None:
-        saved = ckpt.load_run_config(run_dir)
-        diffs = ckpt.config_differences(saved, cfg, sections=("model",))
+        saved = ckpt_io.load_run_config(run_dir)
+        diffs = ckpt_io.config_differences(saved, cfg, sections=("model",))
         if diffs:
-            raise ckpt.CheckpointError(f"the checkpoint in {run_dir} was made with another model config: "
-                                       f"{'; '.join(diffs)}.")
-        # restore straight into this run's shardings (the checkpoint may come from another mesh)
-        target = shard_lib.with_shardings(abstract_train_state(cfg, task), state_sh)
-        diffs = ckpt.checkpoint_mismatch(manager, latest, cfg, target)  # e.g. checkpoints copied from elsewhere
+            raise ckpt_io.CheckpointError(f"the checkpoint in {run_dir} was made with another model config: "
+                                          f"{'; '.join(diffs)}.")
+        target = {"params": ckpt_io.abstract_params(cfg)}
+        diffs = ckpt_io.checkpoint_mismatch(manager, latest, cfg, target)  # e.g. checkpoints copied from elsewhere
         if diffs:
-            raise ckpt.CheckpointError(f"checkpoint {latest} in {run_dir} was made with another model config: "
-                                       f"{'; '.join(diffs[:4])}{f' (and {len(diffs) - 4} more)' if len(diffs) > 4 else ''}.")
-        state, data_state, meta = ckpt.restore(manager, target)
-        train_iter.set_state(data_state)
+            raise ckpt_io.CheckpointError(f"checkpoint {latest} in {run_dir} was made with another model config: "
+                                          f"{ckpt_io.mismatch_message(diffs)}.")
+        # straight into this run's shardings (the checkpoint may come from another mesh)
+        state, data_state, meta = ckpt.restore_train_state(manager, cfg, task, tx, state_sh, latest)
+        if data_state:
+            train_iter.set_state(data_state)
+        else:
+            log.info("checkpoint %d holds no data-iterator position (an imported model): the data iterator "
+                     "starts fresh", latest)
         spikes = SpikeDetector(tcfg.spike_factor, history=(meta or {}).get("loss_window", ()))
         truncate_after_step(run_dir / "metrics.jsonl", int(state.step))
         log.info("resumed from step %d", int(state.step))
@@ -208,7 +206,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
         # created directly sharded: every device builds only its own shards
         state = jax.jit(lambda k: TrainState.create(task.init(k), tx, tcfg.seed),
                         out_shardings=state_sh)(jax.random.PRNGKey(tcfg.seed))
-    ckpt.write_config(run_dir, cfg)
+    ckpt_io.write_config(run_dir, cfg)
     if manager is None:
         manager = ckpt.make_manager(run_dir, keep=tcfg.keep_checkpoints)
     metrics_path = run_dir / ("metrics.jsonl" if jax.process_index() == 0
@@ -272,7 +270,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
                         raise TrainingError(
                             f"stopped at step {done}: {what}; the update was not applied and the last good "
                             f"checkpoint is {'none' if latest_good is None else latest_good} in "
-                            f"{ckpt.checkpoint_dir(run_dir)} (train.nonfinite_policy=stop).")
+                            f"{ckpt_io.checkpoint_dir(run_dir)} (train.nonfinite_policy=stop).")
                     log.warning("step %d: %s; update skipped (%d in a row)", done, what, int(state.skipped))
                     if int(state.skipped) >= tcfg.max_consecutive_skips:
                         raise TrainingError(f"{int(state.skipped)} consecutive steps had non-finite loss or gradients "
@@ -349,7 +347,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
         "final_loss": losses[-1] if losses else None,
         "best_eval_loss": None if math.isinf(best_eval) else best_eval,
         "max_grad_norm": None if max_norm == -math.inf else (max_norm if math.isfinite(max_norm) else str(max_norm)),
-        "checkpoint": str(ckpt.checkpoint_dir(run_dir) / str(last_saved)) if last_saved >= 0 else None,
+        "checkpoint": str(ckpt_io.checkpoint_dir(run_dir) / str(last_saved)) if last_saved >= 0 else None,
     })
     try:
         if records:
@@ -362,5 +360,5 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
             summary["expert_load"] = last_load.tolist()
     except Exception as e:  # plotting must never fail a run
         log.warning("could not write plots: %s", e)
-    ckpt.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    ckpt_io.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -28,6 +28,8 @@ FAMILIES = {
     "qwen2_moe": "jaxmoe.export.families.qwen2_moe",
     "qwen3_moe": "jaxmoe.export.families.qwen3_moe",
     "olmoe": "jaxmoe.export.families.olmoe",
+    "deepseek": "jaxmoe.export.families.deepseek",
+    "deepseek_v2": "jaxmoe.export.families.deepseek_v2",
     "deepseek_v3": "jaxmoe.export.families.deepseek_v3",
     "time_moe": "jaxmoe.export.time_moe",
 }

@@ -27,8 +27,10 @@ import jax
 import numpy as np
 
 from jaxmoe.config import Config, ConfigError, DataConfig, validate
+from jaxmoe.export.safetensors_io import Fp8BlockReader, fp8_block_size
 from jaxmoe.models.lm import LMConfig, layer_kinds
 from jaxmoe.moe.config import MoEConfig
+from jaxmoe.nn.rope import RopeScaling
 
 
 from jaxmoe.errors import ExportError  # noqa: E402,F401  (re-exported)
@@ -108,6 +110,7 @@ class Caps:
     shared: Optional[str] = None  # None: no shared experts; "gated" (Qwen2-MoE, required); "plain"
     dense_layers: str = "none"  # "none", "prefix" (first_k_dense, every later layer MoE), "any"
     explicit_head_dim: bool = True  # head_dim may differ from embed_dim // num_heads
+    rope_scaling: bool = False  # YaRN RoPE scaling (model.rope_scaling) can be expressed
 
 
 def _kinds(cfg: LMConfig) -> list[tuple[str, str]]:
@@ -123,17 +126,25 @@ def check_exportable(name: str, caps: Caps, cfg: LMConfig) -> None:
 
     if m.family != "lm":
         refuse(f"model.family={m.family!r} cannot be exported as a {name} language model; only family 'lm' can")
+    if getattr(m, "rope_scaling", None) is not None and not caps.rope_scaling:
+        refuse(f"model.rope_scaling ({m.rope_scaling.type}) has no equivalent in {name}")
     moe = m.moe
     others = sorted({k for k in m.layer_pattern if k != "attn"})
     if others:
         refuse(f"model.layer_pattern has {', '.join(others)} layers, which have no Hugging Face equivalent")
     if moe.router != "topk":
         refuse(f"model.moe.router={moe.router!r} has no equivalent in {name}, which only supports top-k routing")
+    if getattr(moe, "expert_activation", "silu") != "silu":
+        refuse(f"model.moe.expert_activation={moe.expert_activation!r} has no equivalent in {name}, whose experts "
+               "are SwiGLU (silu)")
+    if getattr(moe, "num_compressed_experts", 0):
+        refuse(f"compressed experts (model.moe.num_compressed_experts={moe.num_compressed_experts}) have no "
+               f"equivalent in {name}")
     if caps.mla and m.attention_type != "mla":
         refuse(f"{name} uses Multi-head Latent Attention, so it needs model.attention_type=mla")
     if not caps.mla and m.attention_type == "mla":
-        refuse(f"model.attention_type=mla has no equivalent in {name} (only deepseek_v3 has Multi-head Latent "
-               "Attention)")
+        refuse(f"model.attention_type=mla has no equivalent in {name} (only deepseek_v2 and deepseek_v3 have "
+               "Multi-head Latent Attention)")
     if not caps.mla:
         if m.qkv_bias and not caps.qkv_bias:
             refuse(f"model.qkv_bias=true has no equivalent in {name}, whose attention projections have no bias")
@@ -162,8 +173,6 @@ def check_exportable(name: str, caps: Caps, cfg: LMConfig) -> None:
         refuse(f"model.moe.routed_scaling_factor={moe.routed_scaling_factor} has no equivalent in {name}")
     if moe.num_groups > 1 and not caps.groups:
         refuse(f"group-limited routing (model.moe.num_groups={moe.num_groups}) has no equivalent in {name}")
-    if caps.groups and moe.num_groups > 1 and moe.num_experts // moe.num_groups < 2:
-        refuse(f"{name} scores each expert group by its top-2 experts, so groups need at least 2 experts")
     if moe.num_shared_experts and caps.shared is None:
         refuse(f"shared experts (model.moe.num_shared_experts={moe.num_shared_experts}) have no equivalent in {name}")
     if caps.shared == "gated" and not (moe.num_shared_experts and moe.shared_expert_gate):
@@ -192,17 +201,68 @@ def hf_get(hf: dict, key: str, default: Any = dataclasses.MISSING, family: str =
     return default
 
 
-def rope_theta_from_hf(hf: dict, default: float, family: str) -> float:
+def rope_from_hf(hf: dict, default: float, family: str, scaling: bool = False) -> tuple[float, RopeScaling | None]:
+    """``(rope_theta, RopeScaling or None)`` from ``rope_parameters`` (transformers 5) or the
+    older ``rope_theta`` + ``rope_scaling`` fields. YaRN is read when ``scaling``; other kinds
+    (linear, dynamic, llama3, longrope, per-layer-type RoPE) are refused in one sentence."""
     rp = hf.get("rope_parameters") or {}
     rs = hf.get("rope_scaling") or {}
-    kind = rp.get("rope_type") or rp.get("type") or rs.get("rope_type") or rs.get("type") or "default"
-    if kind != "default":
-        raise ExportError(f"this {family} config uses rope scaling type {kind!r}, which jaxmoe does not implement.")
-    return float(rp.get("rope_theta", hf.get("rope_theta", default)) or default)
+    if not isinstance(rp, dict) or not isinstance(rs, dict):
+        raise ExportError(f"this {family} config's rope_parameters/rope_scaling is not a mapping.")
+    if any(isinstance(v, dict) for v in rp.values()):
+        raise ExportError(f"this {family} config sets RoPE per layer type, which jaxmoe does not implement.")
+    kind_of = lambda d: d.get("rope_type") or d.get("type") or "default"  # noqa: E731
+    params = rp if kind_of(rp) != "default" or not rs else rs  # transformers 5 first, then the older field
+    kind = kind_of(params)
+    theta = float(rp.get("rope_theta") or hf.get("rope_theta") or default)
+    if float(params.get("partial_rotary_factor") or hf.get("partial_rotary_factor") or 1.0) != 1.0:
+        raise ExportError(f"this {family} config rotates only part of each head (partial_rotary_factor), which "
+                          "jaxmoe does not implement.")
+    if kind == "default":
+        return theta, None
+    if kind != "yarn" or not scaling:
+        what = "" if kind == "yarn" else " (jaxmoe implements only YaRN)"
+        raise ExportError(f"this {family} config uses RoPE scaling type {kind!r}, which jaxmoe's {family} family "
+                          f"does not implement{what}.")
+    max_pos = hf.get("max_position_embeddings")
+    original = hf.get("original_max_position_embeddings") or params.get("original_max_position_embeddings") or max_pos
+    if not original:
+        raise ExportError(f"this {family} config's YaRN RoPE has no original_max_position_embeddings.")
+    factor = params.get("factor")
+    if factor is None:
+        factor = float(max_pos) / float(original) if max_pos else None
+    if factor is None:
+        raise ExportError(f"this {family} config's YaRN RoPE has no factor.")
+    num = lambda key, default: float(params.get(key) or default)  # noqa: E731  (None/0 -> default, as transformers)
+    out = RopeScaling(type="yarn", factor=float(factor), original_max_position_embeddings=int(original),
+                      beta_fast=num("beta_fast", 32.0), beta_slow=num("beta_slow", 1.0), mscale=num("mscale", 0.0),
+                      mscale_all_dim=num("mscale_all_dim", 0.0), attention_factor=num("attention_factor", 0.0),
+                      truncate=bool(params.get("truncate", True)))
+    try:
+        out.validate("rope_scaling")
+    except ConfigError as e:
+        raise ExportError(f"this {family} config's YaRN RoPE is not valid: {e}") from None
+    return theta, out
 
 
-def rope_to_hf(theta: float) -> dict:
-    return {"rope_theta": float(theta), "rope_parameters": {"rope_type": "default", "rope_theta": float(theta)}}
+def rope_theta_from_hf(hf: dict, default: float, family: str) -> float:
+    """``rope_theta`` of a config without RoPE scaling (refuses any scaling)."""
+    return rope_from_hf(hf, default, family)[0]
+
+
+def rope_to_hf(theta: float, scaling: RopeScaling | None = None) -> dict:
+    """``rope_theta`` and transformers 5's ``rope_parameters`` (YaRN keys when ``scaling``)."""
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(theta)}
+    if scaling is not None:
+        params.update(rope_type=scaling.type, factor=float(scaling.factor),
+                      original_max_position_embeddings=int(scaling.original_max_position_embeddings),
+                      beta_fast=float(scaling.beta_fast), beta_slow=float(scaling.beta_slow))
+        for key in ("mscale", "mscale_all_dim", "attention_factor"):
+            if getattr(scaling, key):
+                params[key] = float(getattr(scaling, key))
+        if not scaling.truncate:
+            params["truncate"] = False
+    return {"rope_theta": float(theta), "rope_parameters": params}
 
 
 def layer_slots(cfg: LMConfig) -> list[tuple[int, int, int, tuple[str, str]]]:
@@ -222,13 +282,10 @@ def pattern_from_dense(num_layers: int, dense: list[int], family: str) -> tuple[
     dense_set = set(dense)
     if len(dense_set) == num_layers:
         return num_layers, 1
-    first = 0
-    while first in dense_set:
-        first += 1
-    for every in range(1, num_layers + 1):
-        ok = all(((i >= first and (i + 1 - first) % every == 0) == (i not in dense_set)) for i in range(num_layers))
-        if ok:
-            return first, every
+    for every in range(1, num_layers + 1):  # the smallest moe_every, then the fewest leading dense layers
+        for first in range(num_layers):
+            if all(((i >= first and (i + 1 - first) % every == 0) == (i not in dense_set)) for i in range(num_layers)):
+                return first, every
     moe_layers = [i for i in range(num_layers) if i not in dense_set]
     raise ExportError(f"the {family} MoE layer pattern {moe_layers} has no jaxmoe equivalent (first_k_dense "
                       "leading dense layers, then every moe_every-th layer MoE).")
@@ -294,7 +351,7 @@ class LMFamily:
             "output_router_logits": False,
             "router_aux_loss_coef": m.moe.balance_coef,
             "dtype": "float32",
-            **rope_to_hf(m.rope_theta),
+            **rope_to_hf(m.rope_theta, getattr(m, "rope_scaling", None)),
         }
         if cfg.data.tokenizer == "byte" and m.vocab_size >= 259:
             out.update(bos_token_id=257, eos_token_id=258, pad_token_id=256)
@@ -302,9 +359,7 @@ class LMFamily:
         return out
 
     def config_from_hf(self, hf: dict) -> Config:
-        if hf.get("quantization_config"):
-            raise ExportError(f"this {self.name} checkpoint is quantised ({hf['quantization_config'].get('quant_method', '?')}); "
-                              "dequantise it to bf16/fp32 first.")
+        fp8_block_size(hf.get("quantization_config"))  # block FP8 is dequantised on import; others refused
         act = hf.get("hidden_act", "silu")
         if act != "silu":
             raise ExportError(f"hidden_act={act!r} has no equivalent in jaxmoe, whose FFNs are SwiGLU (silu).")
@@ -312,19 +367,23 @@ class LMFamily:
 
     def common_model_fields(self, hf: dict) -> dict:
         heads = int(hf_get(hf, "num_attention_heads", family=self.name))
-        return dict(
+        theta, scaling = rope_from_hf(hf, self.default_rope_theta, self.name, self.caps.rope_scaling)
+        fields = dict(
             family="lm",
             vocab_size=int(hf_get(hf, "vocab_size", family=self.name)),
             embed_dim=int(hf_get(hf, "hidden_size", family=self.name)),
             num_layers=int(hf_get(hf, "num_hidden_layers", family=self.name)),
             num_heads=heads,
             num_kv_heads=int(hf_get(hf, "num_key_value_heads", heads)),
-            rope_theta=rope_theta_from_hf(hf, self.default_rope_theta, self.name),
+            rope_theta=theta,
             norm_eps=float(hf_get(hf, "rms_norm_eps", self.default_norm_eps)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_seq_len=int(hf_get(hf, "max_position_embeddings", 4096)),
             init_std=float(hf_get(hf, "initializer_range", 0.02)),
         )
+        if scaling is not None:
+            fields["rope_scaling"] = scaling
+        return fields
 
     def attn_rules(self, cfg: LMConfig, hf: dict) -> list[Rule]:
         """Standard q/k/v/o projections (+ biases, QK-norm)."""
@@ -387,12 +446,21 @@ class LMFamily:
         params = jax.tree.map(lambda s: np.full(s.shape, np.nan, np.float32), shapes)
         used: set[str] = set()
         where = str(reader.paths[0].parent)
+        block = fp8_block_size(hf.get("quantization_config"))
+        if block is not None:  # FP8 weights are dequantised tensor by tensor as they are read
+            reader = Fp8BlockReader(reader, block)
+        elif any(n.endswith("weight_scale_inv") or reader.dtype(n).startswith("F8") for n in reader.names()):
+            raise ExportError(f"{where} stores FP8 weights (or weight_scale_inv block scales), but its config.json "
+                              "has no quantization_config saying how to read them.")
 
         def take(name: str, shape: tuple, conv: Conv) -> np.ndarray:
             if name not in reader:
                 raise ExportError(f"tensor '{name}' is missing from {where}.")
             used.add(name)
-            t = reader.get(name).astype(np.float32)
+            try:
+                t = reader.get_float32(name) if hasattr(reader, "get_float32") else reader.get(name).astype(np.float32)
+            except ValueError as e:  # FP8 tensors without scales, scales of the wrong shape
+                raise ExportError(str(e)) from None
             out = conv.from_hf(t, shape)
             if tuple(out.shape) != tuple(shape):
                 raise ExportError(f"tensor '{name}' has shape {list(reader.shape(name))}, which does not match the "
@@ -422,9 +490,6 @@ class LMFamily:
             used.add("lm_head.weight")
         else:
             params["lm_head"]["kernel"][...] = take("lm_head.weight", params["lm_head"]["kernel"].shape, LINEAR)
-        if any(n.endswith("weight_scale_inv") for n in reader.names()):
-            raise ExportError("this checkpoint stores FP8 weights with block scales (weight_scale_inv); dequantise "
-                              "it to bf16/fp32 first.")
         extra = sorted(n for n in reader.names() if n not in used and not self.ignored(n, m))
         if extra:
             raise ExportError(f"{len(extra)} tensors in {where} have no place in the jaxmoe {self.name} model "

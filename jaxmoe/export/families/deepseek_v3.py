@@ -7,7 +7,13 @@ with a selection-only bias (``gate.e_score_correction_bias``), group-limited rou
 RoPE: transformers' ``rope_interleave=True`` (the default, and DeepSeek's released layout)
 rotates interleaved pairs; jaxmoe's MLA uses rotate-half, so the rope rows of ``q_b_proj``
 (or ``q_proj``) and ``kv_a_proj_with_mqa`` are permuted on the way in and out
-(:func:`~jaxmoe.export.families.common.rope_permutation`); logits are identical."""
+(:func:`~jaxmoe.export.families.common.rope_permutation`); logits are identical.
+
+YaRN RoPE scaling (``rope_scaling``/``rope_parameters`` with ``factor``,
+``original_max_position_embeddings``, ``beta_fast``/``beta_slow``, ``mscale``/``mscale_all_dim``,
+as DeepSeek-V3/R1 ship it) maps to ``model.rope_scaling`` (:mod:`jaxmoe.nn.rope`). Block-FP8
+checkpoints (``quantization_config`` fp8/e4m3 with ``weight_scale_inv`` blocks) are
+dequantised while they are read."""
 
 from __future__ import annotations
 
@@ -22,17 +28,24 @@ class DeepseekV3(LMFamily):
     model_types = ("deepseek_v3",)
     architecture = "DeepseekV3ForCausalLM"
     caps = Caps(mla=True, score_func="sigmoid", selection_bias=True, routed_scaling=True, groups=True,
-                shared="plain", dense_layers="prefix")
+                shared="plain", dense_layers="prefix", rope_scaling=True)
 
-    def check(self, m: LMConfig) -> None:
-        super().check(m)
+    def check_shared(self, m: LMConfig) -> None:
+        """The common checks plus DeepSeek's shared-expert layout (used by V2 and V3)."""
+        LMFamily.check(self, m)
         width = shared_width(m.moe)
         if width % m.moe.expert_ffn_dim:
             raise ExportError(f"the shared-expert width {width} is not a multiple of model.moe.expert_ffn_dim="
-                              f"{m.moe.expert_ffn_dim}, which deepseek_v3 cannot express (family deepseek_v3).")
+                              f"{m.moe.expert_ffn_dim}, which {self.name} cannot express (family {self.name}).")
         if not m.moe.num_shared_experts:
-            raise ExportError("deepseek_v3 always has shared experts, so it needs model.moe.num_shared_experts>=1 "
-                              "(family deepseek_v3).")
+            raise ExportError(f"{self.name} always has shared experts, so it needs model.moe.num_shared_experts>=1 "
+                              f"(family {self.name}).")
+
+    def check(self, m: LMConfig) -> None:
+        self.check_shared(m)
+        if m.moe.num_groups > 1 and m.moe.num_experts // m.moe.num_groups < 2:
+            raise ExportError("deepseek_v3 scores each expert group by its top-2 experts, so groups need at least 2 "
+                              "experts (family deepseek_v3).")
 
     def hf_config(self, m: LMConfig) -> dict:
         moe = m.moe

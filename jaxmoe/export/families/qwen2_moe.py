@@ -1,6 +1,7 @@
 """Qwen2-MoE (``Qwen2MoeForCausalLM``): q/k/v biases, one shared expert scaled by
 ``sigmoid(x @ shared_expert_gate)``, optional top-k renormalisation (``norm_topk_prob``),
-dense layers via ``mlp_only_layers`` / ``decoder_sparse_step``.
+dense layers via ``mlp_only_layers`` / ``decoder_sparse_step``, YaRN RoPE scaling
+(``model.rope_scaling``: frequencies and the cos/sin attention factor).
 
 Exports always carry q/k/v biases (zeros when the jaxmoe model has none) and
 ``qkv_bias: true``, so transformers versions that hard-wire the biases load them too."""
@@ -34,7 +35,7 @@ class Qwen2Moe(LMFamily):
     name = "qwen2_moe"
     model_types = ("qwen2_moe",)
     architecture = "Qwen2MoeForCausalLM"
-    caps = Caps(qkv_bias=True, shared="gated", dense_layers="any", explicit_head_dim=False)
+    caps = Caps(qkv_bias=True, shared="gated", dense_layers="any", explicit_head_dim=False, rope_scaling=True)
 
     def hf_config(self, m: LMConfig) -> dict:
         return {"num_experts": m.moe.num_experts, "moe_intermediate_size": m.moe.expert_ffn_dim,

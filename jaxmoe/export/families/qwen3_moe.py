@@ -1,5 +1,6 @@
 """Qwen3-MoE (``Qwen3MoeForCausalLM``): per-head QK-norm (``q_norm``/``k_norm`` over head_dim),
-explicit ``head_dim``, no shared expert, optional renormalisation, dense ``mlp_only_layers``.
+explicit ``head_dim``, no shared expert, optional renormalisation, dense ``mlp_only_layers``,
+YaRN RoPE scaling (``model.rope_scaling``).
 ``attention_bias`` covers q/k/v *and* o; jaxmoe has no o bias, so it is exported as zeros
 and must be zero on import."""
 
@@ -14,7 +15,7 @@ class Qwen3Moe(LMFamily):
     name = "qwen3_moe"
     model_types = ("qwen3_moe",)
     architecture = "Qwen3MoeForCausalLM"
-    caps = Caps(qkv_bias=True, qk_norm="head", dense_layers="any")
+    caps = Caps(qkv_bias=True, qk_norm="head", dense_layers="any", rope_scaling=True)
 
     def hf_config(self, m: LMConfig) -> dict:
         return {"num_experts": m.moe.num_experts, "moe_intermediate_size": m.moe.expert_ffn_dim,

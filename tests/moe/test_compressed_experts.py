@@ -56,7 +56,7 @@ def test_ones_vectors_equal_plain_layer_on_the_computed_experts():
     assert aux["expert_ids"].shape == (10, 2)  # only k - n = 2 experts are computed
     _, full = _moe(params, X, PLAIN)
     # plain layer fed the same routing truncated to its first two experts
-    from jaxmoe.moe.router import route
+    from jaxmoe.moe.routers import route
 
     r = route(params["router"], X.reshape(10, D), CFG)
     r2 = r.replace(expert_ids=r.expert_ids[:, :2], weights=r.weights[:, :2])

@@ -10,7 +10,8 @@ import pytest
 from jaxmoe.models import lm
 from jaxmoe.moe import layer, losses
 from jaxmoe.moe.config import MoEConfig
-from jaxmoe.moe.router import topp_route
+from jaxmoe.moe.routers import get_router
+from jaxmoe.moe.routers.topp import TopPOptions
 from jaxmoe.nn.init import unbox
 from routing_helpers import fast_init, tiny_cfg
 
@@ -39,7 +40,11 @@ def _reference_sets(probs, p):
     return out
 
 
-route = jax.jit(topp_route, static_argnames="cfg")
+route = jax.jit(get_router("topp").route, static_argnames="cfg")
+
+
+def _cfg(top_p, **kw):
+    return MoEConfig(num_experts=N, router="topp", router_options=TopPOptions(top_p=top_p, **kw))
 
 
 def _sets(r):
@@ -52,7 +57,7 @@ def test_hand_example_smallest_prefix_exceeding_p():
     params, x = _router_for(probs)
     expected = {0.3: {1}, 0.6: {1, 2}, 0.8: {1, 2, 3}, 0.95: {0, 1, 2, 3}}
     for p, want in expected.items():
-        r = route(params, x, MoEConfig(num_experts=N, router="topp", top_p=p))
+        r = route(params, x, _cfg(p))
         assert _sets(r) == [want], p
         # weights are the raw probabilities of the kept experts (not renormalised)
         ids, valid, w = np.asarray(r.expert_ids[0]), np.asarray(r.valid[0]), np.asarray(r.weights[0])
@@ -64,21 +69,21 @@ def test_random_probs_match_brute_force_and_extremes():
     probs = rng.dirichlet(np.ones(N) * 0.7, size=64).astype(np.float32)
     params, x = _router_for(probs)
     for p in (0.2, 0.4, 0.7, 0.9):
-        r = route(params, x, MoEConfig(num_experts=N, router="topp", top_p=p))
+        r = route(params, x, _cfg(p))
         assert _sets(r) == _reference_sets(probs, p)
-    r = route(params, x, MoEConfig(num_experts=N, router="topp", top_p=1.0))
+    r = route(params, x, _cfg(1.0))
     assert np.asarray(r.valid).all()  # p -> 1 activates every expert
-    r = route(params, x, MoEConfig(num_experts=N, router="topp", top_p=1e-6))
+    r = route(params, x, _cfg(1e-6))
     assert (np.asarray(r.valid).sum(-1) == 1).all()  # a tiny p activates exactly one (the top one)
     np.testing.assert_array_equal(np.asarray(r.expert_ids)[:, 0], probs.argmax(-1))
-    r = route(params, x, MoEConfig(num_experts=N, router="topp", top_p=1.0, max_experts_per_token=2))
+    r = route(params, x, _cfg(1.0, max_experts_per_token=2))
     assert r.expert_ids.shape == (64, 2) and np.asarray(r.valid).all()
 
 
 def test_masks_under_top_p():
     probs = np.array([[0.10, 0.50, 0.25, 0.15]] * 3, np.float32)
     params, x = _router_for(probs)
-    cfg = MoEConfig(num_experts=N, router="topp", top_p=0.6)
+    cfg = _cfg(0.6)
     off = jnp.asarray([True, False, True, True])
     assert _sets(route(params, x, cfg, expert_mask=off)) == [{2, 3, 0}] * 3  # 1 off: .25+.15+.10 never > .6
     force = jnp.asarray([True, False, False, False])
@@ -96,7 +101,7 @@ def _swiglu(e, x, experts):
 
 
 def test_outputs_equal_dense_reference():
-    cfg = tiny_cfg(router="topp", top_p=0.5, num_experts=N, expert_ffn_dim=8).moe
+    cfg = tiny_cfg(router="topp", router_options=TopPOptions(top_p=0.5), num_experts=N, expert_ffn_dim=8).moe
     rng = np.random.default_rng(1)
     params = jax.tree.map(lambda s: (0.5 * rng.standard_normal(s.shape)).astype(np.float32),
                           jax.eval_shape(lambda: unbox(layer.init_moe(jax.random.PRNGKey(0), D, cfg))))
@@ -121,12 +126,13 @@ def test_outputs_equal_dense_reference():
     ent = -(probs * np.log(probs)).sum(-1).mean()
     np.testing.assert_allclose(float(aux["dynamic_loss"]), ent, rtol=1e-5)
     np.testing.assert_allclose(float(aux["aux_loss"]),
-                               cfg.balance_coef * float(aux["balance_loss"]) + cfg.dynamic_loss_coef * ent, rtol=1e-5)
+                               cfg.balance_coef * float(aux["balance_loss"])
+                               + cfg.router_options.dynamic_loss_coef * ent, rtol=1e-5)
     np.testing.assert_allclose(float(losses.routing_entropy(jnp.asarray(probs))), ent, rtol=1e-5)
 
 
 def test_lm_reports_active_experts_per_layer():
-    cfg = tiny_cfg(router="topp", top_p=0.5)
+    cfg = tiny_cfg(router="topp", router_options=TopPOptions(top_p=0.5))
     params = fast_init(cfg, std=0.5)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 9)), jnp.int32)
     loss, metrics = jax.jit(lm.loss_fn, static_argnames="cfg")(params, {"tokens": tokens}, cfg)
@@ -140,8 +146,10 @@ def test_config_validation():
     from jaxmoe.config import ConfigError, load_config
 
     cfg = load_config("configs/lm_tiny_topp.yaml")
-    assert cfg.model.moe.router == "topp" and cfg.model.moe.top_p == 0.4
+    assert cfg.model.moe.router == "topp" and cfg.model.moe.router_options.top_p == 0.4
     with pytest.raises(ConfigError, match="max_experts_per_token"):
-        load_config("configs/lm_tiny_topp.yaml", ["model.moe.max_experts_per_token=9"])
+        load_config("configs/lm_tiny_topp.yaml", ["model.moe.router_options.max_experts_per_token=9"])
+    with pytest.raises(ConfigError, match="top_p"):
+        load_config("configs/lm_tiny_topp.yaml", ["model.moe.router_options.top_p=0"])
     with pytest.raises(ConfigError, match="router"):
         load_config("configs/lm_tiny_topp.yaml", ["model.moe.router=nope"])

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from jaxmoe.decode.generate import generate_tokens
-from jaxmoe.models import lm, thor
+from jaxmoe.models import lm
 from jaxmoe.moe.config import MoEConfig
-from jaxmoe.moe.router import thor_route
+from jaxmoe.moe.routers import RouterInputs, get_router, thor
+from jaxmoe.moe.routers.thor import ThorOptions
 from routing_helpers import fast_init, tiny_cfg
 
 
@@ -35,23 +36,26 @@ def test_consistency_loss_is_symmetric_kl_on_hand_example():
     assert float(thor.consistency_loss(jnp.asarray(l1), jnp.asarray(l1))) == 0.0
 
 
-route = jax.jit(thor_route, static_argnames=("cfg", "batch_shape"))
+route = jax.jit(thor.route, static_argnames=("cfg", "batch_shape"))
+
+
+def _cfg(**options):
+    return MoEConfig(num_experts=8, experts_per_token=1, router="thor", router_options=ThorOptions(**options))
 
 
 def test_draw_granularity():
     x = jnp.zeros((4 * 6, 8))
     key = jax.random.PRNGKey(3)
-    ids = lambda draw: np.asarray(route({}, x, MoEConfig(num_experts=8, experts_per_token=1, router="thor",
-                                                         thor_draw=draw), rng=key, batch_shape=(4, 6)).expert_ids)
+    ids = lambda draw: np.asarray(route({}, x, _cfg(draw=draw), rng=key, batch_shape=(4, 6)).expert_ids)
     assert len(np.unique(ids("batch"))) == 1  # one expert for the whole pass
     seq = ids("sequence").reshape(4, 6)
     assert (seq == seq[:, :1]).all() and len(np.unique(seq[:, 0])) > 1  # constant within a row, differs across rows
     assert len(np.unique(ids("token"))) > 1
-    r = route({}, x, MoEConfig(num_experts=8, experts_per_token=1, router="thor"), rng=key, batch_shape=(4, 6))
+    r = route({}, x, _cfg(), rng=key, batch_shape=(4, 6))
     assert np.asarray(r.weights).tolist() == [[1.0]] * 24
     # disabled experts are never drawn; a forced expert always is
     mask = jnp.asarray([i == 5 for i in range(8)])
-    cfg = MoEConfig(num_experts=8, experts_per_token=1, router="thor", thor_draw="token")
+    cfg = _cfg(draw="token")
     for k in range(5):
         assert (np.asarray(route({}, x, cfg, rng=jax.random.PRNGKey(k), batch_shape=(4, 6),
                                  expert_mask=~mask).expert_ids) != 5).all()
@@ -60,7 +64,8 @@ def test_draw_granularity():
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = tiny_cfg(router="thor", experts_per_token=1, balance_loss="none", thor_consistency_coef=1.0)
+    cfg = tiny_cfg(router="thor", experts_per_token=1, balance_loss="none",
+                   router_options=ThorOptions(consistency_coef=1.0))
     return cfg, fast_init(cfg, std=0.3)
 
 
@@ -68,7 +73,7 @@ def test_two_passes_differ_when_draws_differ(model):
     cfg, params = model
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 7)), jnp.int32)
     apply = jax.jit(lm.apply, static_argnames="cfg")
-    runs = [apply(params, tokens, cfg, rng=jax.random.PRNGKey(k)) for k in range(6)]
+    runs = [apply(params, tokens, cfg, inputs=RouterInputs(rng=jax.random.PRNGKey(k))) for k in range(6)]
     draws = [tuple(np.asarray(a["expert_ids"])[:, 0, 0]) for _, a in runs]
     assert len(set(draws)) > 1
     for (la, _), da in zip(runs, draws):
@@ -84,8 +89,8 @@ def test_two_pass_loss(model):
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 32, (2, 8)), jnp.int32)
     loss_fn = jax.jit(lm.loss_fn, static_argnames="cfg")
     apply = jax.jit(lm.apply, static_argnames="cfg")
-    draws = lambda rng: [np.asarray(apply(params, tokens[:, :-1], cfg, rng=r)[1]["expert_ids"]) for r in
-                         thor.pass_rngs(rng)]
+    draws = lambda rng: [np.asarray(apply(params, tokens[:, :-1], cfg, inputs=RouterInputs(rng=r))[1]["expert_ids"])
+                         for r in thor.pass_rngs(rng)]
     differ = lambda d: (d[0] != d[1]).any()
     rng = next(jax.random.PRNGKey(k) for k in range(20) if differ(draws(jax.random.PRNGKey(k))))
     loss, m = loss_fn(params, {"tokens": tokens}, cfg, rng)
@@ -100,13 +105,15 @@ def test_two_pass_loss(model):
 
 def test_random_inference_per_sequence(model):
     cfg, params = model
-    seq_cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, thor_inference="sequence"))
+    seq_moe = dataclasses.replace(cfg.moe, router_options=ThorOptions(inference="sequence"))
+    seq_cfg = dataclasses.replace(cfg, moe=seq_moe)
     prompt = jnp.asarray(np.random.default_rng(2).integers(0, 32, (3, 4)), jnp.int32)
     out = generate_tokens(params, prompt, seq_cfg, 5, jax.random.PRNGKey(0))
     # per-sequence draws: cached decoding equals a full forward that uses the same draws
-    inf = thor.inference_config(seq_cfg)
-    assert inf.moe.thor_draw == "sequence"
+    inf = dataclasses.replace(seq_cfg, moe=get_router("thor").decode_config(seq_cfg.moe))
+    assert inf.moe.router_options.draw == "sequence"
     key = jax.random.fold_in(jax.random.PRNGKey(0), 0x7402)
+    assert (get_router("thor").decode_rng(jax.random.PRNGKey(0), 3, inf.moe) == key).all()  # one key per sequence
     full = jnp.concatenate([prompt, out[:, :-1]], axis=1)
-    logits, _ = jax.jit(lm.apply, static_argnames="cfg")(params, full, inf, rng=key)
+    logits, _ = jax.jit(lm.apply, static_argnames="cfg")(params, full, inf, inputs=RouterInputs(rng=key))
     np.testing.assert_array_equal(np.asarray(jnp.argmax(logits[:, 3:], -1)), np.asarray(out))

@@ -10,19 +10,21 @@ import pytest
 from jaxmoe.config import ConfigError, load_config
 from jaxmoe.decode.generate import generate_tokens
 from jaxmoe.models import lm
-from jaxmoe.moe import pregate
+from jaxmoe.moe.routers import RouterInputs
+from jaxmoe.moe.routers import readme as pregate
+from jaxmoe.moe.routers.readme import ReadMeOptions
 from routing_helpers import fast_init, tiny_cfg
 
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = tiny_cfg(router="readme", experts_per_token=1, num_shared_experts=1, shared_ffn_dim=8, readme_dim=16,
-                   readme_heads=2, readme_layers=2)
+    cfg = tiny_cfg(router="readme", experts_per_token=1, num_shared_experts=1, shared_ffn_dim=8,
+                   router_options=ReadMeOptions(dim=16, heads=2, layers=2))
     return cfg, fast_init(cfg, std=0.5)
 
 
 apply = jax.jit(lm.apply, static_argnames="cfg")
-lookahead = jax.jit(pregate.readme_lookahead, static_argnames="cfg")
+lookahead = jax.jit(pregate.lookahead, static_argnames="cfg")
 
 
 def test_params_and_no_per_layer_router(model):
@@ -53,7 +55,7 @@ def _pregate_step(params, tok, cfg, pcache, index):
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _backbone_step(params, tok, cfg, cache, pl):
-    return lm.decode_step(params, tok, cfg, cache, pregate_logits=pl)
+    return lm.decode_step(params, tok, cfg, cache, inputs=RouterInputs(pregate_logits=pl))
 
 
 def test_decoding_with_pregate_lookahead_equals_plain_decoding(model):
@@ -69,7 +71,8 @@ def test_decoding_with_pregate_lookahead_equals_plain_decoding(model):
     cache = lm.init_cache(cfg, 2, max_len)
     pcache = pregate.init_pregate_cache(cfg, 2, max_len)
     pl, pcache = _pregate_step(params, prompt, cfg, pcache, 0)
-    logits, cache = jax.jit(lm.prefill, static_argnames="cfg")(params, prompt, cfg, cache, pregate_logits=pl)
+    logits, cache = jax.jit(lm.prefill, static_argnames="cfg")(params, prompt, cfg, cache,
+                                                              inputs=RouterInputs(pregate_logits=pl))
     tok = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
     out, step_logits = [tok], []
     for i in range(steps - 1):
@@ -89,7 +92,8 @@ def test_decoding_with_pregate_lookahead_equals_plain_decoding(model):
 def test_config():
     cfg = load_config("configs/lm_tiny_readme.yaml")
     assert cfg.model.moe.router == "readme" and cfg.model.moe.num_shared_experts == 1
+    assert cfg.model.moe.router_options == ReadMeOptions(dim=64, layers=2, heads=4)
     with pytest.raises(ConfigError, match="readme"):
-        load_config("configs/lm_tiny_readme.yaml", ["model.moe.readme_heads=3"])
+        load_config("configs/lm_tiny_readme.yaml", ["model.moe.router_options.heads=3"])
     with pytest.raises(ConfigError, match="selection_bias"):
         load_config("configs/lm_tiny_readme.yaml", ["model.moe.selection_bias=true"])

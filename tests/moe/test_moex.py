@@ -10,7 +10,8 @@ import pytest
 from jaxmoe.config import ConfigError, load_config
 from jaxmoe.moe import layer
 from jaxmoe.moe.config import MoEConfig
-from jaxmoe.moe.router import expected_active_fraction, route
+from jaxmoe.moe.routers import route
+from jaxmoe.moe.routers.moex import MoEXOptions, expected_active_fraction
 from jaxmoe.nn.init import unbox
 
 D, F, N = 16, 8, 4
@@ -67,7 +68,7 @@ def test_routing_prefers_the_sparsest_experts():
     gate = _experts_with_means([0.2, -0.25, 0.05, 0.1], rng)
     x = (rng.standard_normal((64, 32)) + rng.choice([-0.6, 0.6], size=(64, 1))).astype(np.float32)
     cfg = MoEConfig(num_experts=4, experts_per_token=1, expert_ffn_dim=256, router="moex", expert_activation="relu",
-                    moex_sparsity_coef=5.0)
+                    router_options=MoEXOptions(sparsity_coef=5.0))
     params = {"kernel": jnp.zeros((32, 4))}  # no learned preference: only sparsity decides
     r = route(params, jnp.asarray(x), cfg, experts={"gate": jnp.asarray(gate)})
     actual = (np.einsum("td,edf->tef", x, gate) > 0).mean(-1)
@@ -82,5 +83,6 @@ def test_routing_prefers_the_sparsest_experts():
 def test_config():
     cfg = load_config("configs/lm_tiny_moex.yaml")
     assert cfg.model.moe.router == "moex" and cfg.model.moe.expert_activation == "relu"
+    assert cfg.model.moe.router_options == MoEXOptions(sparsity_coef=1.0)
     with pytest.raises(ConfigError, match="expert_activation"):
         load_config("configs/lm_tiny_moex.yaml", ["model.moe.expert_activation=gelu"])

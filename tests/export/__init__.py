@@ -1,0 +1,1 @@
+"""Tests of jaxmoe.export: Hugging Face families, FP8 checkpoints."""

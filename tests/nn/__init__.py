@@ -1,0 +1,1 @@
+"""Tests of jaxmoe.nn: basic layers (RoPE scaling)."""
