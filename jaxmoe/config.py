@@ -126,6 +126,7 @@ class TrainConfig:
     tensorboard: bool = False
     spike_factor: float = 3.0  # log a loss spike when loss > spike_factor x running mean (0 = off)
     plateau_window: int = 100  # after warmup, warn when loss or router load did not move over this many steps (0 = off)
+    optimizer_state_dtype: Literal["float32", "bfloat16"] = "float32"  # AdamW moments (bfloat16: half the memory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,7 +502,17 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config files include each other through 'base': "
                           f"{' -> '.join(p.name for p in chain + (key,))}.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not a YAML text file (byte {e.start} is not UTF-8); pass a YAML "
+                          "config such as configs/lm_tiny.yaml.") from None
+    except OSError as e:
+        raise ConfigError(f"config file '{path}' cannot be read ({e.strerror}).") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file '{path}' is not a YAML text file (it holds NUL bytes); pass a YAML config "
+                          "such as configs/lm_tiny.yaml.")
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}.") from None
     if not isinstance(data, dict):
@@ -523,6 +534,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            inside = p / "config.yaml"
+            raise ConfigError(f"config file '{path}' is a directory; pass the YAML file"
+                              + (f": --config {inside}" if inside.is_file() else " itself") + ".")
         if not p.is_file():
             raise ConfigError(f"config file '{path}' does not exist.")
         data = _read_yaml(p)

@@ -129,3 +129,26 @@ def test_train_records_health_metrics(tmp_path):
     assert all(len(r["load_entropy"]) >= 1 for r in recs)
     assert summary["skipped_steps"] == 0
     assert summary["max_grad_norm"] == max(r["grad_norm"] for r in recs) > 0
+
+
+def test_low_precision_adam_matches_optax_in_float32_and_tracks_it_in_bfloat16():
+    from jaxmoe.train.optimizer import scale_by_adam_low_precision
+
+    rng = np.random.default_rng(0)
+    params = {"a": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    ref, ours, low = optax.scale_by_adam(0.9, 0.95, 1e-8), scale_by_adam_low_precision(0.9, 0.95, 1e-8, jnp.float32), \
+        scale_by_adam_low_precision(0.9, 0.95, 1e-8, jnp.bfloat16)
+    s_ref, s_ours, s_low = ref.init(params), ours.init(params), low.init(params)
+    assert jax.tree.leaves(s_low.mu)[0].dtype == jnp.bfloat16
+    for _ in range(5):
+        g = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+        u_ref, s_ref = ref.update(g, s_ref)
+        u_ours, s_ours = ours.update(g, s_ours)
+        u_low, s_low = low.update(g, s_low)
+        for x, y in zip(jax.tree.leaves(u_ref), jax.tree.leaves(u_ours)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+        for x, y in zip(jax.tree.leaves(u_ref), jax.tree.leaves(u_low)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0.05, atol=0.02)
+    tx = make_optimizer(TrainConfig(optimizer_state_dtype="bfloat16"))
+    state = tx.init(params)
+    assert any(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(state))
