@@ -10,7 +10,61 @@ import jax
 import numpy as np
 
 H200_PEAK = 989e12  # dense bf16, datasheet
-H200_MATMUL = 800e12  # measured bf16 matmul rate (shared/specs/perf.md)
+H200_MATMUL = 800e12  # measured bf16 matmul rate on the H200 (dense bf16 GEMM)
+
+
+# ----------------------------------------------------------------------- timing
+# Every benchmark times through these helpers: a call (time_fn, time_call), a loop of
+# stateful steps (time_steps) or a whole run (stopwatch). Device work is synchronised with
+# jax.block_until_ready before a clock is read.
+
+
+def stopwatch():
+    """A function returning the seconds since ``stopwatch()`` was called (wall clock of a
+    whole run: training, an evaluation, a compile)."""
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
+
+
+def time_call(fn, *args, warmup: int = 1, repeats: int = 5) -> tuple[float, float]:
+    """``(median seconds of one call, seconds of the first call: compile + run)`` of
+    ``fn(*args)``: the first call, ``warmup - 1`` more untimed calls, then ``repeats``
+    timed calls, each synchronised."""
+    clock = stopwatch()
+    jax.block_until_ready(fn(*args))
+    first = clock()
+    for _ in range(max(warmup - 1, 0)):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        clock = stopwatch()
+        jax.block_until_ready(fn(*args))
+        times.append(clock())
+    return statistics.median(times), first
+
+
+def time_steps(step, carry, batches, *, warmup: int, steps: int, advance=lambda out: out[0], watch=None):
+    """Seconds per step of a stateful loop ``out = step(carry, batch); carry = advance(out)``:
+    ``warmup`` untimed steps on ``batches[0..warmup)``, then ``steps`` timed steps on
+    ``batches[warmup..)`` (indices wrap around ``len(batches)``), synchronised before and
+    after. ``watch(out)`` picks device values of every timed step (losses, grad norms),
+    read back after the timing. Returns ``(carry, seconds per step, watched, last out)``."""
+    batch = lambda i: batches[i % len(batches)]
+    out = None
+    for i in range(warmup):
+        out = step(carry, batch(i))
+        carry = advance(out)
+    jax.block_until_ready((carry, out))
+    watched = []
+    clock = stopwatch()
+    for i in range(steps):
+        out = step(carry, batch(warmup + i))
+        carry = advance(out)
+        if watch is not None:
+            watched.append(watch(out))
+    jax.block_until_ready(out)
+    sec = clock() / steps
+    return carry, sec, jax.device_get(watched), out
 
 
 def time_fn(fn, *args, warmup: int = 2, iters: int = 10, reps: int = 3) -> float:
@@ -20,13 +74,16 @@ def time_fn(fn, *args, warmup: int = 2, iters: int = 10, reps: int = 3) -> float
         jax.block_until_ready(fn(*args))
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        clock = stopwatch()
         out = None
         for _ in range(iters):
             out = fn(*args)
         jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / iters)
+        times.append(clock() / iters)
     return statistics.median(times)
+
+
+# ----------------------------------------------------------------------- tables, files, devices
 
 
 def table(rows: list[dict], cols: list[str] | None = None) -> str:
@@ -62,19 +119,16 @@ def device_name() -> str:
     return f"{d.device_kind} ({d.platform})"
 
 
-def lm_flops_per_token(cfg, params) -> tuple[float, float]:
+def lm_flops_per_token(cfg, params=None) -> tuple[float, float]:
     """(training FLOPs per token, active params excluding the input embedding) for the LM:
-    6 x active params (experts counted k/E) + 6 x layers x seq x embed (causal attention)."""
+    6 x active params (jaxmoe.models.param_counts: experts counted k/E) + 6 x layers x seq x
+    embed (causal attention). ``params`` is not needed (the counts come from the config)."""
+    from jaxmoe.models import param_counts
+
+    del params
     m = cfg.model
-    active = 0.0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [getattr(p, "key", getattr(p, "idx", None)) for p in path]
-        if keys and keys[0] == "embed":
-            continue
-        n = float(np.prod(leaf.shape))
-        if "experts" in keys:
-            n *= m.moe.experts_per_token / m.moe.num_experts
-        active += n
+    counts = param_counts(cfg)
+    active = float(counts["active"] - counts["embedding"])
     return 6 * active + 6 * m.num_layers * cfg.data.seq_len * m.embed_dim, active
 
 

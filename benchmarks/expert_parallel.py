@@ -37,13 +37,13 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import gc  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import H200_PEAK, device_name, lm_flops_per_token, peak_memory_gb, table, write_jsonl  # noqa: E402
+from _common import (H200_PEAK, device_name, lm_flops_per_token, peak_memory_gb, stopwatch, table,  # noqa: E402
+                     time_steps, write_jsonl)
 
 from jaxmoe.config import MeshConfig, load_config  # noqa: E402
 from jaxmoe.models import get_model  # noqa: E402
@@ -84,7 +84,7 @@ def time_mesh(cfg, mesh_cfg: MeshConfig, steps: int, label: str, warmup: int = 2
     rules = sh.rules_from_config(mesh_cfg)
     model = get_model(m.family)
     tx = make_optimizer(t)
-    t0 = time.perf_counter()
+    clock = stopwatch()
     step, _, state_sh = loop._compiled_steps(m, t, mesh_cfg, mesh)
     state = jax.jit(lambda k: TrainState.create(model.init(k, m), tx, t.seed), out_shardings=state_sh)(
         jax.random.PRNGKey(t.seed))
@@ -96,15 +96,8 @@ def time_mesh(cfg, mesh_cfg: MeshConfig, steps: int, label: str, warmup: int = 2
     flops_tok, _ = lm_flops_per_token(cfg, state.params) if m.family == "lm" else (0.0, 0.0)
     state, metrics = step(state, batches[0])
     jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - t0
-    for i in range(warmup):
-        state, metrics = step(state, batches[i % 2])
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        state, metrics = step(state, batches[i % 2])
-    jax.block_until_ready(metrics)
-    sec = (time.perf_counter() - t0) / steps
+    compile_s = clock()
+    state, sec, _, (_, metrics) = time_steps(step, state, batches, warmup=warmup, steps=steps)
     n = mesh.devices.size
     tokens = t.batch_size * cfg.data.seq_len
     row = dict(kind="expert_parallel", variant=label, mesh=describe(mesh), devices=n,

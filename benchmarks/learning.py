@@ -41,14 +41,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import traceback
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import as_float, device_name, header, table, write_jsonl  # noqa: E402
+from _common import as_float, device_name, header, stopwatch, table, write_jsonl  # noqa: E402
 
 # The trainer (and with it grain, for the data pipelines) is imported only when a run starts.
 
@@ -220,11 +219,9 @@ def no_checkpoint_writes(enabled: bool = True):
 
 
 def count_params(cfg) -> int:
-    from jaxmoe.train.tasks import make_task
+    from jaxmoe.models import param_counts
 
-    task = make_task(cfg, with_data=False)
-    shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+    return param_counts(cfg)["total"]
 
 
 def _fmt_count(n: int | None) -> str:
@@ -262,7 +259,7 @@ def run_case(case: Case, args) -> dict:
                steps=0, batch_x_seq="?", loss_at_10=float("nan"), loss_end=float("nan"), drop_pct=float("nan"),
                max_grad_norm=float("nan"), skipped=0, seconds=0.0, verdict="FAIL")
     extra = dict(reasons=[], path=case.path, all_overrides=list(overrides))
-    t0 = time.perf_counter()
+    clock = stopwatch()
     try:
         cfg = load_config(case.path, overrides)
         row["batch_x_seq"] = f"{cfg.train.batch_size}x{cfg.data.seq_len}"
@@ -275,14 +272,14 @@ def run_case(case: Case, args) -> dict:
 
         with no_checkpoint_writes(not args.save_checkpoints):
             train(cfg)
-        row["seconds"] = time.perf_counter() - t0
+        row["seconds"] = clock()
         records, summary = read_run(out_dir)
         v = learning_verdict(records, summary, min_drop=args.min_drop, expected_steps=args.steps)
         row.update({k: v[k] for k in ("loss_at_10", "loss_end", "drop_pct", "max_grad_norm", "skipped", "steps",
                                       "verdict")})
         extra["reasons"] = v["reasons"]
     except Exception as e:  # a crash (OOM, compile error, TrainingError) is a FAIL, not the end of the table
-        row["seconds"] = time.perf_counter() - t0
+        row["seconds"] = clock()
         first = (str(e).strip().splitlines() or [""])[0][:300]
         extra["reasons"] = [f"{type(e).__name__}: {first}"]
         records, summary = read_run(out_dir)
@@ -354,7 +351,7 @@ def grad_check(args) -> list[dict]:
     rows = []
     try:
         for name, path, overrides in GRAD_CASES:
-            t0 = time.perf_counter()
+            clock = stopwatch()
             common = list(overrides) + ["data.eval_fraction=0", "mesh.num_devices=1"] + list(args.set)
             row = dict(case=name, backends=f"{test} vs {ref}", batch_x_seq="?", loss_test=float("nan"),
                        loss_ref=float("nan"), global_rel_err=float("nan"), worst_leaf="-",
@@ -394,7 +391,7 @@ def grad_check(args) -> list[dict]:
                 print(f"--- grad check {name}: {row['reason']}", flush=True)
                 if args.verbose:
                     traceback.print_exc()
-            row["seconds"] = time.perf_counter() - t0
+            row["seconds"] = clock()
             rows.append(row)
             _free_memory()
     finally:

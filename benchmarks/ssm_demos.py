@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import table, write_jsonl  # noqa: E402
+from _common import stopwatch, table, write_jsonl  # noqa: E402
 
 from jaxmoe.config import load_config  # noqa: E402
 from jaxmoe.demos.ssm import run_forecaster, run_lssl_digits  # noqa: E402
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
             if args.steps is not None:
                 overrides.append(f"train.steps={args.steps}")
             cfg = load_config(os.path.join(ROOT, path), overrides)
-            t0 = time.perf_counter()
+            clock = stopwatch()
             if name == "lssl":
                 r = run_lssl_digits(cfg)
                 value, base = r["accuracy"], r["baseline_accuracy"]
@@ -70,7 +69,7 @@ def main(argv=None) -> int:
                    "baseline": baseline, "baseline_value": base, "seed": seed, "steps": r["steps"],
                    "batch": cfg.train.batch_size, "params": r["params"], "test_n": r.get("test_examples",
                                                                                        r.get("test_windows")),
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": clock()}
             rows.append(row)
             write_jsonl(args.jsonl, [{**row, **{k: v for k, v in r.items() if k not in row}}])
             print(table([row]).splitlines()[-1], flush=True)

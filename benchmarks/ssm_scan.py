@@ -9,9 +9,8 @@ Prints one table row per (layer, mode, sequence length):
 
 ``elem/s`` counts ``batch * seq * channels`` output elements per second. ``GB/s`` is an
 *effective* bandwidth: the bytes the layer must at least read and write (its inputs and
-outputs, not its intermediates) divided by the time, as in the recurrence row of
-``specs/perf.md``. Times are medians over ``--repeats`` runs after ``--warmup`` runs (the
-first includes compilation), with ``jax.block_until_ready``.
+outputs, not its intermediates) divided by the time. Times are medians over ``--repeats``
+runs after ``--warmup`` runs (the first includes compilation), with ``jax.block_until_ready``.
 
     python benchmarks/ssm_scan.py                       # small CPU sizes, < 1 minute
     python benchmarks/ssm_scan.py --gpu-sizes --jsonl out.jsonl
@@ -23,37 +22,25 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
+import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
-from jaxmoe.nn.init import unbox
-from jaxmoe.ssm.diagonal import diagonal_ssm, init_diagonal_ssm
-from jaxmoe.ssm.lssl import init_lssl, lssl
-from jaxmoe.ssm.mamba import selective_scan
-from jaxmoe.ssm.scan import linear_recurrence
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import time_call  # noqa: E402
+
+from jaxmoe.nn.init import unbox  # noqa: E402
+from jaxmoe.ssm.diagonal import diagonal_ssm, init_diagonal_ssm  # noqa: E402
+from jaxmoe.ssm.lssl import init_lssl, lssl  # noqa: E402
+from jaxmoe.ssm.mamba import selective_scan  # noqa: E402
+from jaxmoe.ssm.scan import linear_recurrence  # noqa: E402
 
 LAYERS = ("recurrence", "diagonal", "lssl", "mamba")
 CPU_DEFAULTS = dict(batch=2, channels=16, state=16, lengths="256,1024,4096", max_matrix_gb=0.02)
 GPU_DEFAULTS = dict(batch=8, channels=512, state=64, lengths="1024,4096,16384", max_matrix_gb=16.0)
-
-
-def _time(fn, args, warmup: int, repeats: int) -> tuple[float, float]:
-    """``(median seconds per call, seconds of the first call: compile + run)``."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), first
 
 
 def _with_grad(fn):
@@ -152,7 +139,7 @@ def main(argv=None) -> int:
                     row.update(skipped=skip)
                 else:
                     run = jax.jit(_with_grad(fn) if args.grad else fn)
-                    seconds, first = _time(run, fn_args, max(args.warmup, 1), args.repeats)
+                    seconds, first = time_call(run, *fn_args, warmup=max(args.warmup, 1), repeats=args.repeats)
                     elems = batch * length * channels
                     row.update(seconds=seconds, first_call_s=first, elements_per_s=elems / seconds, gb_per_s=moved / seconds / 1e9,
                                bytes_moved=moved)

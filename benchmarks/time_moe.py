@@ -14,7 +14,7 @@ steps so the timed steps run at the real learning rate (printed; the cost is the
 
 Forecasting: :func:`jaxmoe.decode.forecast.forecast` end to end (host arrays in and out,
 KV-cache autoregression in one jit) for 256 series of context 512 and horizon 96, and the
-batch-1 latency. Targets (shared/specs/perf.md):
+batch-1 latency. Targets:
 >= 270k training tokens/s, >= 1,700 series/s, batch-1 <= 30 ms.
 """
 
@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (as_float, device_name, header, learning_guard, peak_memory_gb, series_batches,  # noqa: E402
-                     short_warmup, table, write_jsonl)
+                     short_warmup, stopwatch, table, time_call, time_steps, write_jsonl)
 
 from jaxmoe.config import load_config  # noqa: E402
 from jaxmoe.decode.forecast import forecast  # noqa: E402
@@ -53,20 +52,11 @@ def train_speed(cfg, batch: int, seq: int, steps: int, data: str = "varying") ->
                    donate_argnums=(0,))
     batches = [jax.device_put(x) for x in series_batches(batch, seq, WARMUP + steps, repeat=data == "repeat")]
     jax.block_until_ready(batches)  # on the device before any timing
-    t0 = time.perf_counter()
+    clock = stopwatch()
     compiled = step.lower(state, batches[0]).compile()
-    compile_s = time.perf_counter() - t0
-    for i in range(WARMUP):
-        state, metrics = compiled(state, batches[i])
-    jax.block_until_ready(metrics)
-    watched = []  # device scalars of every timed step; read back after the timing
-    t0 = time.perf_counter()
-    for i in range(steps):
-        state, metrics = compiled(state, batches[WARMUP + i])
-        watched.append((metrics["loss"], metrics["grad_norm"]))
-    jax.block_until_ready(metrics)
-    sec = (time.perf_counter() - t0) / steps
-    watched = jax.device_get(watched)
+    compile_s = clock()
+    state, sec, watched, _ = time_steps(compiled, state, batches, warmup=WARMUP, steps=steps,
+                                        watch=lambda out: (out[1]["loss"], out[1]["grad_norm"]))
     losses, norms = [as_float(w[0]) for w in watched], [as_float(w[1]) for w in watched]
     ok, message = learning_guard(losses, norms)
     row = dict(what=f"train {batch}x{seq}", ms=sec * 1e3, rate=batch * seq / sec, unit="tokens/s",
@@ -84,12 +74,7 @@ def forecast_speed(params, cfg, series: int, context: int, horizon: int, reps: i
            + rng.normal(0, 0.1, (series, context)) + rng.uniform(-10, 10, (series, 1)))
     out = forecast(params, cfg, ctx, horizon)  # compile
     assert out.shape == (series, horizon) and np.isfinite(out).all()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        forecast(params, cfg, ctx, horizon)
-        times.append(time.perf_counter() - t0)
-    sec = float(np.median(times))
+    sec, _ = time_call(forecast, params, cfg, ctx, horizon, warmup=1, repeats=reps)
     return dict(what=f"forecast {series} x {context} -> {horizon}", ms=sec * 1e3, rate=series / sec, unit="series/s")
 
 

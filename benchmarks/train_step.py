@@ -27,15 +27,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (H200_MATMUL, H200_PEAK, as_float, device_name, header, learning_guard,  # noqa: E402
-                     lm_flops_per_token, peak_memory_gb, short_warmup, table, text_batches, write_jsonl)
+                     lm_flops_per_token, peak_memory_gb, short_warmup, stopwatch, table, text_batches,
+                     time_steps, write_jsonl)
 
 from jaxmoe.config import load_config  # noqa: E402
 from jaxmoe.models import lm  # noqa: E402
@@ -130,26 +129,14 @@ def run(cfg, modes, steps: int, label: str = "jaxmoe", profile: str | None = Non
             carry = params
             nxt = lambda out: carry
             watch = lambda out: (out, None)
-        t0 = time.perf_counter()
+        clock = stopwatch()
         lowered = fn.lower(carry, batches[0])
         compiled = lowered.compile()
         hlo = compiled.as_text()
-        compile_s = time.perf_counter() - t0
+        compile_s = clock()
         call = lambda c, batch: compiled(c, batch)
-        out = None
-        for i in range(WARMUP):
-            out = call(carry, batches[i])
-            carry = nxt(out)
-        jax.block_until_ready(out)
-        watched = []  # device scalars of every timed step; read back after the timing
-        t0 = time.perf_counter()
-        for i in range(steps):
-            out = call(carry, batches[WARMUP + i])
-            carry = nxt(out)
-            watched.append(watch(out))
-        jax.block_until_ready(out)
-        sec = (time.perf_counter() - t0) / steps
-        watched = jax.device_get(watched)
+        carry, sec, watched, out = time_steps(call, carry, batches, warmup=WARMUP, steps=steps, advance=nxt,
+                                              watch=watch)
         losses = [as_float(w[0]) for w in watched]
         norms = [as_float(w[1]) for w in watched] if watched[0][1] is not None else []
         if profile and mode == modes[0]:

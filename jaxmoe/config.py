@@ -48,8 +48,22 @@ MODEL_CONFIGS: dict[str, str] = {
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
-# where a bare `base: NAME` is looked up when it is not next to the including file
+# where a bare config name (`--config lm_tiny`, `base: lm_tiny.yaml`) is looked up when no such file
+# exists: the configs installed inside the package (the wheel ships them as jaxmoe/configs; in a
+# checkout jaxmoe/configs links to configs/), then the checkout's configs/
 SHIPPED_CONFIG_DIRS = (Path(__file__).resolve().parent / "configs", Path(__file__).resolve().parents[1] / "configs")
+
+
+def shipped_config(name: str) -> Path | None:
+    """The shipped config called ``name`` (``lm_tiny`` or ``lm_tiny.yaml``), or None when
+    ``name`` is not a bare file name or no shipped config has it."""
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        return None
+    for d in SHIPPED_CONFIG_DIRS:
+        for n in (name, f"{name}.yaml"):
+            if (d / n).is_file():
+                return d / n
+    return None
 
 
 # ----------------------------------------------------------------------------- sections
@@ -485,14 +499,13 @@ def _deep_merge(base: dict, over: dict) -> dict:
 def _resolve_base(name: Any, including: Path) -> Path:
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"'base' in config file '{including}' must name a YAML file, got {name!r}.")
-    candidates = [including.parent / name]
-    if Path(name).name == name:  # a bare name: also a shipped config, with or without .yaml
-        candidates += [d / n for d in SHIPPED_CONFIG_DIRS for n in (name, f"{name}.yaml")]
-    for c in candidates:
-        if c.is_file():
-            return c
+    if (including.parent / name).is_file():
+        return including.parent / name
+    shipped = shipped_config(name)  # a bare name: also a shipped config, with or without .yaml
+    if shipped is not None:
+        return shipped
     raise ConfigError(f"base config '{name}' named in '{including}' does not exist (looked next to it"
-                      f"{' and among the shipped configs' if len(candidates) > 1 else ''}).")
+                      f"{' and among the shipped configs' if Path(name).name == name else ''}).")
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
@@ -527,6 +540,9 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or defaults when ``path`` is None), apply overrides, validate.
 
+    ``path`` may also name a shipped config (``lm_tiny`` or ``lm_tiny.yaml``, found among
+    the configs installed with the package) when no such file exists.
+
     A file may start from another: ``base: lm_tiny.yaml`` (relative to the file's directory,
     or a shipped config's name) is read first and the file's own keys are merged over it
     (mappings key by key, anything else replaced); bases may have bases.
@@ -534,6 +550,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if not p.exists() and shipped_config(str(path)) is not None:
+            p = shipped_config(str(path))
         if p.is_dir():
             inside = p / "config.yaml"
             raise ConfigError(f"config file '{path}' is a directory; pass the YAML file"

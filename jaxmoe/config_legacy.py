@@ -51,7 +51,7 @@ class LegacyMoEConfig:
     z_loss_coef: float = 0.0
     dynamic_loss_coef: float = 1e-4  # top-p entropy loss
     router_jitter: float = 0.0
-    # routing variants (specs/routing.md)
+    # routing variants (top-p, THOR, ReMoE-style, MoExtend, centroid gating)
     max_experts_per_token: int = 0  # top-p: most experts a token may use (0 -> num_experts)
     thor_consistency_coef: float = 1.0  # THOR: alpha of the two-pass consistency (symmetric KL) loss
     thor_draw: Literal["batch", "token", "sequence"] = "batch"  # THOR: one random expert per layer per ...
@@ -111,7 +111,7 @@ class LegacyModelConfig:
     patch_size: int = 16
     mixture_components: tuple[str, ...] = ("student_t", "normal_fixed", "negative_binomial", "log_normal")
     moirai_gating: Literal["learned", "centroid", "centroid_nearest"] = "learned"
-    # state-space families (specs/ssm.md). s_mamba / spacetime: lookback window and forecast horizon
+    # state-space families. s_mamba / spacetime: lookback window and forecast horizon
     # (state size ssm_state_dim, FFN width ffn_dim, per-window instance normalisation);
     # lssl_classifier: classes and pooling (inputs are ids < vocab_size); dropout of all three;
     # spacetime: fixed preprocessing kernels and loss weights (horizon, lag, next input)

@@ -45,5 +45,14 @@ class CheckpointError(JaxmoeError, RuntimeError):
     """A missing, partial, damaged or mismatching checkpoint."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files cannot be read back or whose bytes do not match the checksums
+    saved with it. Names the step and the file; ``restore_newest_intact`` falls back past it."""
+
+    def __init__(self, step: int, directory, file, reason: str, hint: str = ""):
+        self.step, self.directory, self.file, self.reason = int(step), directory, file, reason
+        super().__init__(f"checkpoint {step} in {directory} is damaged: {file} {reason}{hint}")
+
+
 class TrainingError(JaxmoeError, RuntimeError):
     """Training stopped for a reason the user must act on."""

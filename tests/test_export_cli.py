@@ -81,3 +81,61 @@ def test_import_errors_are_one_line(tmp_path, capsys):
     assert main(["info", "--hf", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert "model_type 'llama'" in err and len(err.splitlines()) == 1
+
+
+def _digest(root):
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_export_and_import_never_overwrite_what_is_not_theirs(hf_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["import", "--hf", str(hf_dir), "--out", str(run)]) == 0
+    run_files = _digest(run)
+
+    # import refuses a run directory (even with --force) and a non-empty one (without --force)
+    assert main(["import", "--hf", str(hf_dir), "--out", str(run), "--force"]) == 1
+    assert "already holds checkpoints" in capsys.readouterr().err
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.yaml").write_text("my notes\n")
+    assert main(["import", "--hf", str(hf_dir), "--out", str(theirs)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not empty" in err[0] and "--force" in err[0]
+    assert (theirs / "config.yaml").read_text() == "my notes\n"
+
+    # export refuses a directory it did not write (and a run directory) unless --force
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "NOTES.md").write_text("keep me\n")
+    for out in (mine, run):
+        assert main(["export", "--checkpoint", str(run), "--family", "qwen2_moe", "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "was not written by `jaxmoe export`" in err[0]
+    assert _digest(run) == run_files and _digest(mine) == {"NOTES.md": _digest(mine)["NOTES.md"]}
+
+    # with --force it writes beside the user's files and lists only its own
+    assert main(["export", "--checkpoint", str(run), "--family", "qwen2_moe", "--out", str(mine), "--force"]) == 0
+    capsys.readouterr()
+    listed = json.loads((mine / ".jaxmoe-export.json").read_text())["files"]
+    assert "NOTES.md" not in listed and "config.json" in listed
+
+    # a re-export into an earlier export: what that one wrote goes (a stale stablehlo/ too),
+    # nothing else does
+    ex = tmp_path / "ex"
+    assert main(["export", "--checkpoint", str(run), "--family", "qwen2_moe", "--out", str(ex), "--stablehlo",
+                 "--stablehlo-max-len", "16"]) == 0
+    capsys.readouterr()
+    assert (ex / "stablehlo" / "decode_step.jax_export").exists()
+    (ex / "NOTES.md").write_text("keep me\n")
+    (ex / "stablehlo" / "mine.txt").write_text("mine\n")
+    assert main(["export", "--checkpoint", str(run), "--family", "qwen2_moe", "--out", str(ex)]) == 0
+    capsys.readouterr()
+    assert sorted(_digest(ex)) == [".jaxmoe-export.json", "NOTES.md", "config.json", "generation_config.json",
+                                   "model.safetensors", "stablehlo/mine.txt"]
+    assert (ex / "NOTES.md").read_text() == "keep me\n" and (ex / "stablehlo" / "mine.txt").read_text() == "mine\n"
+    assert json.loads((ex / ".jaxmoe-export.json").read_text())["files"] == [
+        "config.json", "generation_config.json", "model.safetensors"]
+    jax.tree.map(np.testing.assert_array_equal, load_hf(ex)[1], load_hf(hf_dir)[1])

@@ -90,7 +90,7 @@ def test_cli_info_prints_mesh_and_memory(capsys):
 
 
 def test_param_report_counts_active_experts():
-    from jaxmoe.commands.info import param_report
+    from jaxmoe.models.sizes import param_report
 
     cfg = load_config(TINY)
     rep = param_report(cfg, build_mesh(MeshConfig(data=2, expert=4)))

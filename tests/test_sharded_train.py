@@ -61,7 +61,7 @@ def setup():
 
 # every mesh shape with dropless dispatch (fsdp2_expert2_tensor2 through the trainer's own
 # step below); the capacity engine (dropped tokens) on the shape that combines fsdp, expert
-# and tensor (tests/test_expert_parallel.py checks the MoE layer with drops on every shape)
+# and tensor (tests/moe/test_expert_parallel.py checks the MoE layer with drops on every shape)
 CASES = [(m, "dropless") for m in MESHES if m != "fsdp2_expert2_tensor2"] + [("fsdp2_expert2_tensor2", "capacity")]
 
 

@@ -29,7 +29,7 @@ def test_names_and_shapes_match_hf_table():
     cfg = make_cfg()
     sd = ex.to_hf_state_dict(random_params(cfg.model), cfg.model)
     E, F, f = 16, 32, 16  # hidden, intermediate, intermediate // top_k
-    expected = {  # written from the table in specs/time_moe.md (torch Linear weights are [out, in])
+    expected = {  # the Hugging Face Time-MoE checkpoint's names and shapes (torch Linear weights are [out, in])
         "model.embed_layer.emb_layer.weight": (E, 1), "model.embed_layer.gate_layer.weight": (E, 1),
         "model.norm.weight": (E,),
         "lm_heads.0.out_layer.weight": (1, E), "lm_heads.1.out_layer.weight": (4, E),

@@ -1,9 +1,15 @@
 """Writes notebooks/03_state_space.ipynb (kept as a script so the notebook stays reviewable).
 
-Run from the repository root: ``python tools/make_notebook_03.py``.
+Run ``python tools/make_notebook_03.py`` (from any directory), then execute the notebook to
+store its outputs. Every notebook generator lives in tools/ as ``make_notebook_NN.py``;
+tests/test_notebooks.py checks that each stored notebook holds its generator's cells.
 """
 
+from pathlib import Path
+
 import nbformat as nbf
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "03_state_space.ipynb"
 
 cells = [
     nbf.v4.new_markdown_cell("""# State-space layers and models
@@ -56,6 +62,7 @@ plt.tight_layout(); plt.show()"""),
 chronological split: the last 20% of the quarters are forecast targets only. 16 quarters of
 lookback, 4 quarters ahead. A smaller model than `configs/s_mamba_macro.yaml` keeps this quick."""),
     nbf.v4.new_code_cell("""from jaxmoe.config import load_config
+from jaxmoe.data.pipelines import forecast_data
 from jaxmoe.demos.ssm import evaluate_forecaster, fit
 from jaxmoe.models import s_mamba
 
@@ -68,7 +75,7 @@ scores = evaluate_forecaster(cfg, trained)
 print(f"{STEPS} steps, train loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}")
 print(f"test MSE (z units, {scores['test_windows']} windows x 4 steps x 12 variates): "
       f"S-Mamba {scores['mse']:.3f}, last value {scores['baseline_mse']:.3f}")"""),
-    nbf.v4.new_code_cell("""data = s_mamba.forecast_data(cfg)
+    nbf.v4.new_code_cell("""data = forecast_data(cfg)
 col = data.columns.index("infl")
 i = len(data.test_x) - 1  # the last test window
 pred = np.asarray(s_mamba.apply(trained, data.test_x[i:i + 1], cfg.model))[0]
@@ -82,6 +89,14 @@ ax.plot(t_out, np.repeat(data.test_x[i, -1, col], H), "C2:", label="last value")
 ax.set_xlabel("quarter (0 = first forecast)"); ax.set_ylabel("inflation (z units)"); ax.legend(fontsize=8)
 plt.tight_layout(); plt.show()"""),
 ]
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                "language": "python"}})
-nbf.write(nb, "notebooks/03_state_space.ipynb")
+
+
+def write(path: Path = NOTEBOOK) -> None:
+    """Write the notebook (without outputs; execute it to store them)."""
+    nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                        "language": "python"}})
+    nbf.write(nb, str(path))
+
+
+if __name__ == "__main__":
+    write()

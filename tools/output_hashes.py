@@ -69,7 +69,7 @@ def outputs(name: str, overrides: list[str]) -> dict:
         ctx = np.asarray(batch["values"])[:, :48]
         out["forecast"] = digest(forecast(params, cfg, ctx, 20))
     elif family == "moirai_moe":
-        from jaxmoe.models.moirai_moe import forecast_moirai
+        from jaxmoe.decode.forecast import forecast_moirai
 
         ctx = np.asarray(batch["values"])[:, :48]
         out["forecast"] = digest(forecast_moirai(params, cfg, ctx, 20, num_samples=8, rng=jax.random.PRNGKey(3)))

@@ -9,6 +9,8 @@ left out by content; ``--exclude`` and ``--exclude-like`` leave out more.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -42,6 +44,12 @@ def run(args) -> int:
                         "(or pass --sources statsmodels).")
     if args.min_length < 2:
         raise UserError(f"--min-length must be at least 2, got {args.min_length}.")
+    from jaxmoe import validate
+
+    validate.output_dir(args.out, "OUT")
+    for path in args.exclude_like:
+        if not Path(path).exists():
+            raise UserError(f"--exclude-like '{path}' does not exist; give CSV/Parquet files or folders.")
     summary = build_corpus(args.out, exclude=args.exclude, exclude_like=args.exclude_like, sources=sources,
                            min_length=args.min_length, progress=not args.no_progress)
     print(summary.text())

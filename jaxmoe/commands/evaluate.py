@@ -41,6 +41,25 @@ def add_arguments(p) -> None:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
 
+def _check_inputs(args) -> None:
+    """--suite, --data, the output paths and the checkpoint's family, before any work."""
+    from jaxmoe import validate
+    from jaxmoe.data.real_series import REAL_SERIES
+    from jaxmoe.errors import UserError
+
+    if args.data is None and args.suite not in ("real", "zero_shot") and args.suite not in REAL_SERIES:
+        raise UserError(f"unknown --suite {args.suite!r}; choose real, zero_shot or one series: "
+                        f"{', '.join(REAL_SERIES)}.")
+    if args.data is not None:
+        validate.input_dir(args.data, "--data")
+    for flag, path in (("--plot", args.plot), ("--json", args.json)):
+        if path:
+            validate.output_file(path, flag)
+    if args.checkpoint:
+        _, run_cfg = validate.run_config(args.checkpoint)
+        validate.forecasting_model(run_cfg.model.family, "evaluate")
+
+
 def run(args) -> int:
     from jaxmoe.errors import UserError
     from jaxmoe.eval.timeseries import BASELINES, evaluate_forecaster, format_table
@@ -49,6 +68,7 @@ def run(args) -> int:
         raise UserError(f"--horizon must be a positive number of steps, got {args.horizon}.")
     if args.context is not None and args.context <= 0:
         raise UserError(f"--context must be positive, got {args.context}.")
+    _check_inputs(args)
     zero_shot = args.data is not None or args.suite == "zero_shot"
     if zero_shot:
         return run_zero_shot(args)
@@ -58,15 +78,12 @@ def run(args) -> int:
         raise UserError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}.")
     forecast_fn, name, context = None, None, args.context or 512
     if args.checkpoint:
-        from jaxmoe.commands.forecast import forecast_with_model
-        from jaxmoe.checkpoint import load_params
+        from jaxmoe.commands.forecast import load_forecaster
 
-        cfg, params = load_params(args.checkpoint, args.step)
+        cfg, forecaster = load_forecaster(args.checkpoint, args.step)
         name = cfg.model.family
-        context = args.context or cfg.data.seq_len
-
-        def forecast_fn(batch, horizon):
-            return forecast_with_model(params, cfg, batch, horizon)["mean"]
+        context = args.context or forecaster.context_length
+        forecast_fn = forecaster.predict
 
     try:
         rows = evaluate_forecaster(forecast_fn, suite=args.suite, context_length=context, horizon=args.horizon,
@@ -84,15 +101,10 @@ def run(args) -> int:
 
 def _load_model_forecaster(args):
     """(forecast_fn returning {"mean", "quantiles"}, model name, context) from --checkpoint."""
-    from jaxmoe.commands.forecast import forecast_with_model
-    from jaxmoe.checkpoint import load_params
+    from jaxmoe.commands.forecast import load_forecaster
 
-    cfg, params = load_params(args.checkpoint, args.step)
-
-    def forecast_fn(batch, horizon):
-        return forecast_with_model(params, cfg, batch, horizon)
-
-    return forecast_fn, cfg.model.family, args.context or cfg.data.seq_len
+    cfg, forecaster = load_forecaster(args.checkpoint, args.step)
+    return forecaster.forecast, cfg.model.family, args.context or forecaster.context_length
 
 
 def run_zero_shot(args) -> int:

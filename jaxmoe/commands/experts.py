@@ -7,8 +7,6 @@ printed ``--disable-experts`` strings plug straight into ``jaxmoe generate``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="experts_command", metavar="ACTION")
@@ -24,10 +22,10 @@ def add_arguments(p) -> None:
     prof.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
 
-def _read_prompts(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"prompt file '{path}' does not exist.")
+def _read_prompts(path: str, flag: str = "prompt file") -> list[str]:
+    from jaxmoe import validate
+
+    p = validate.input_file(path, f"{flag} prompt file" if flag.startswith("--") else flag)
     prompts = [line.rstrip("\n") for line in p.read_text().splitlines() if line.strip()]
     if not prompts:
         from jaxmoe.errors import UserError
@@ -46,10 +44,18 @@ def run(args) -> int:
     from jaxmoe.decode import steering
     from jaxmoe.checkpoint import load_params
 
-    prompts_a, prompts_b = _read_prompts(args.prompts_a), _read_prompts(args.prompts_b)
+    from jaxmoe import validate
+
+    prompts_a, prompts_b = _read_prompts(args.prompts_a, "--prompts-a"), _read_prompts(args.prompts_b, "--prompts-b")
     labels = tuple(x.strip() for x in args.labels.split(","))
     if len(labels) != 2 or not all(labels):
         raise UserError(f"--labels must name two sets separated by a comma, got {args.labels!r}.")
+    for flag, path in (("--plot", args.plot), ("--out", args.out)):
+        if path:
+            validate.output_file(path, flag)
+    validate.at_least(args.top, 1, "--top")
+    _, run_cfg = validate.run_config(args.checkpoint)
+    validate.language_model(run_cfg.model.family, "experts profile")
     cfg, params = load_params(args.checkpoint, args.step)
     if cfg.model.family != "lm":
         raise UserError(f"`experts profile` needs a language model; this checkpoint is a {cfg.model.family} model.")

@@ -1,13 +1,10 @@
 """``jaxmoe forecast --checkpoint DIR --csv FILE --column NAME --horizon 96 --plot out.png``.
 
 Forecasts the steps after the last row of one CSV (or Parquet) column with a trained
-time-series model. Missing cells (NaN) are masked, never fed to the model. Writes a plot of
-the context and the forecast (plus a quantile band when the model family provides
-quantiles), and optionally JSON and CSV files.
-
-Model families other than ``time_moe`` plug in by defining
-``forecast_quantiles(params, cfg, context [batch, length], horizon) ->
-{"mean": [batch, horizon], "quantiles": {q: [batch, horizon]}}`` in their model module.
+time-series model (any family with a forecaster, :func:`jaxmoe.decode.forecast.get_forecaster`).
+Missing cells (NaN) are masked, never fed to the model. Writes a plot of the context and the
+forecast (plus a quantile band when the forecaster gives quantiles), and optionally JSON and
+CSV files.
 """
 
 from __future__ import annotations
@@ -43,22 +40,15 @@ def load_series(args) -> np.ndarray:
     return read_parquet_series(args.parquet, args.column)
 
 
-def forecast_with_model(params, cfg, context: np.ndarray, horizon: int) -> dict:
-    """``{"mean": [batch, horizon], "quantiles": {q: [batch, horizon]} (maybe empty)}``."""
-    from jaxmoe.errors import UserError
-    from jaxmoe.models import get_model
+def load_forecaster(checkpoint, step=None):
+    """``(cfg, forecaster)`` of a run directory; a run of a family that does not forecast is
+    refused in one line (before its params are read)."""
+    from jaxmoe.checkpoint import load_params, load_run_config, resolve_run_dir
+    from jaxmoe.decode.forecast import forecaster_class, get_forecaster
 
-    if cfg.model.family == "time_moe":
-        from jaxmoe.decode.forecast import forecast
-
-        return {"mean": forecast(params, cfg, context, horizon), "quantiles": {}}
-    module = get_model(cfg.model.family)
-    fn = getattr(module, "forecast_quantiles", None)
-    if fn is None:
-        raise UserError(f"`forecast` needs a time-series model; this checkpoint is a {cfg.model.family} model.")
-    out = fn(params, cfg, context, horizon)
-    point = out.get("median", out["mean"])  # sampled forecasts (moirai_moe): the median is the point forecast
-    return {"mean": np.asarray(point), "quantiles": {float(q): np.asarray(v) for q, v in out.get("quantiles", {}).items()}}
+    forecaster_class(load_run_config(resolve_run_dir(checkpoint)).model.family)
+    cfg, params = load_params(checkpoint, step)
+    return cfg, get_forecaster(cfg, params)
 
 
 def plot_forecast(path, history: np.ndarray, mean: np.ndarray, quantiles: dict, title: str) -> None:
@@ -87,24 +77,39 @@ def plot_forecast(path, history: np.ndarray, mean: np.ndarray, quantiles: dict, 
     plt.close(fig)
 
 
+def _check_paths(args) -> None:
+    """Input and output paths, and that the checkpoint is a forecasting model, before any work."""
+    from jaxmoe import validate
+
+    if args.csv is not None:
+        validate.input_file(args.csv, "--csv file")
+    if args.parquet is not None:
+        validate.input_file(args.parquet, "--parquet file", text=False)
+    for flag, path in (("--plot", args.plot), ("--json", args.json), ("--out-csv", args.out_csv)):
+        if path:
+            validate.output_file(path, flag)
+    _, run_cfg = validate.run_config(args.checkpoint)
+    validate.forecasting_model(run_cfg.model.family, "forecast")
+
+
 def run(args) -> int:
     from jaxmoe.errors import UserError
     from jaxmoe.data.real_series import SeriesError
-    from jaxmoe.checkpoint import load_params
 
     if args.horizon is None or args.horizon <= 0:
         raise UserError(f"--horizon must be a positive number of steps, got {args.horizon}.")
     if args.context is not None and args.context < MIN_OBSERVED:
         raise UserError(f"--context must be at least {MIN_OBSERVED} points, got {args.context}.")
+    _check_paths(args)
     series = load_series(args)
-    cfg, params = load_params(args.checkpoint, args.step)
-    n_ctx = args.context or cfg.data.seq_len
+    cfg, forecaster = load_forecaster(args.checkpoint, args.step)
+    n_ctx = args.context or forecaster.context_length
     context = series[-n_ctx:].astype(np.float64)
     observed = int(np.isfinite(context).sum())
     if observed < MIN_OBSERVED:
         raise SeriesError(f"column {args.column!r} has only {observed} observed values in its last {len(context)} rows; "
                           f"forecasting needs at least {MIN_OBSERVED}.")
-    out = forecast_with_model(params, cfg, context[None], args.horizon)
+    out = forecaster.forecast(context[None], args.horizon)
     mean = np.asarray(out["mean"], dtype=np.float64)[0]
     quantiles = {q: np.asarray(v, dtype=np.float64)[0] for q, v in out["quantiles"].items()}
     if not np.isfinite(mean).all():

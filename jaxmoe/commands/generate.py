@@ -34,8 +34,18 @@ def run(args) -> int:
     from jaxmoe.decode.generate import generate_text
     from jaxmoe.checkpoint import load_params
 
+    from jaxmoe import validate
+
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1.")
+    validate.sampling(args.temperature, args.top_k, args.top_p)
+    if args.contrastive == "scmoe":
+        validate.at_least(args.beta, 0, "--beta", " (0 = greedy)")
+        if not 0 <= args.alpha <= 1:
+            raise UserError(f"--alpha must be in [0, 1] (a fraction of the top probability), got {args.alpha}.")
+        validate.at_least(args.weak_rank, 0, "--weak-rank", " (0 = the top-1 expert)")
+    _, run_cfg = validate.run_config(args.checkpoint)
+    validate.language_model(run_cfg.model.family, "generate")
     cfg, params = load_params(args.checkpoint, args.step)
     if cfg.model.family != "lm":
         raise UserError(f"`generate` needs a language model; this checkpoint is a {cfg.model.family} model.")

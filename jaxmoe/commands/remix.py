@@ -1,10 +1,15 @@
-"""``jaxmoe remix --checkpoint DIR --reference ref.jsonl --inputs test.jsonl [--method ngd|kernel] [--out out.jsonl]``.
+"""``jaxmoe remix --checkpoint DIR --reference ref.jsonl --inputs test.jsonl [--method ngd|kernel|mode] [--out out.jsonl]``.
 
-C3PO test-time re-mixing. ``ref.jsonl`` holds solved examples, one JSON object per line
-with ``prompt`` and ``answer``; ``test.jsonl`` holds prompts (an ``answer`` is optional
-and, when given, its loss is reported before and after re-mixing). For each input the
-routing weights of its last prompt token in the critical layers are re-mixed from its
-nearest reference examples, and a greedy continuation is generated with them.
+C3PO test-time re-mixing. ``ref.jsonl`` holds examples, one JSON object per line with
+``prompt`` and ``answer``; by default only those the model solves (teacher-forced greedy
+decoding gets the answer) are kept, so the reference pathways are the model's own routing
+weights on examples it answers correctly (``--all-references`` keeps every example).
+``test.jsonl`` holds prompts (an ``answer`` is optional and, when given, its loss is
+reported before and after re-mixing). For each input the routing weights of its last
+prompt token in the critical layers are re-mixed from its nearest reference examples
+(neighbours by the model's pooled hidden states, mean token embeddings, or ``--embeddings
+FILE.npy``: one row per reference example, then one per input), and a greedy continuation
+is generated with them.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory written by `jaxmoe train`")
     p.add_argument("--reference", required=True, help="JSONL of solved examples: {\"prompt\": ..., \"answer\": ...}")
     p.add_argument("--inputs", required=True, help="JSONL of test prompts: {\"prompt\": ...[, \"answer\": ...]}")
-    p.add_argument("--method", choices=["ngd", "kernel"], default="ngd",
-                   help="neighbourhood gradient descent (default) or kernel regression")
+    p.add_argument("--method", choices=["ngd", "kernel", "mode"], default="ngd",
+                   help="neighbourhood gradient descent (default), kernel regression or mode finding")
     p.add_argument("--critical-layers", default=None, metavar="L,L",
                    help="layer indices to re-mix (default: the last 5/16 of the MoE layers)")
     p.add_argument("--core-experts", type=int, default=None, help="experts per layer that may change "
@@ -30,19 +35,29 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=0.05, help="step length (ngd)")
     p.add_argument("--embedding", choices=["hidden", "tokens"], default="hidden",
                    help="neighbour search on the prompt's mean final hidden state or mean token embedding")
-    p.add_argument("--only-solved", action="store_true",
-                   help="keep only reference examples the model answers (teacher-forced greedy)")
+    p.add_argument("--embeddings", default=None, metavar="FILE.npy",
+                   help="neighbour search on these embeddings: rows of the reference examples, then of the inputs "
+                        "(or an .npz with arrays 'reference' and 'inputs')")
+    p.add_argument("--all-references", action="store_true",
+                   help="keep every reference example, not only those the model solves (the default)")
+    p.add_argument("--only-solved", action="store_true", help=argparse_suppress())
     p.add_argument("--max-new-tokens", type=int, default=16, help="continuation length (0 = none)")
     p.add_argument("--out", default=None, help="write one JSON object per input")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
 
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS  # --only-solved: the default now (kept so old command lines run)
+
+
 def _read_jsonl(path: str, need_answer: bool) -> list[dict]:
     from jaxmoe.errors import UserError
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"file '{path}' does not exist.")
+    from jaxmoe import validate
+
+    p = validate.input_file(path, f"{'--reference' if need_answer else '--inputs'} file")
     rows = []
     for i, line in enumerate(p.read_text().splitlines(), 1):
         if not line.strip():
@@ -67,8 +82,19 @@ def run(args) -> int:
     from jaxmoe.decode import remix as c3po
     from jaxmoe.checkpoint import load_params
 
+    from jaxmoe import validate
+
     ref_rows = _read_jsonl(args.reference, True)
     rows = _read_jsonl(args.inputs, False)
+    if args.out:
+        validate.output_file(args.out, "--out")
+    validate.at_least(args.neighbours, 1, "--neighbours")
+    validate.at_least(args.steps, 0, "--steps")
+    validate.positive(args.lr, "--lr")
+    validate.at_least(args.max_new_tokens, 0, "--max-new-tokens", " (0 = no continuation)")
+    validate.at_least(args.core_experts, 1, "--core-experts")
+    _, run_cfg = validate.run_config(args.checkpoint)
+    validate.language_model(run_cfg.model.family, "remix")
     crit = None
     if args.critical_layers:
         try:
@@ -83,16 +109,26 @@ def run(args) -> int:
     rcfg = c3po.RemixConfig(method=args.method, critical_layers=crit, core_experts=args.core_experts,
                             neighbours=args.neighbours, steps=args.steps, lr=args.lr, embedding=args.embedding)
     enc = lambda text: tok.encode(text) or [tok.bos_id]
+    ref_emb = in_emb = None
+    if args.embeddings:
+        try:
+            ref_emb, in_emb = c3po.load_embeddings(args.embeddings, len(ref_rows), len(rows))
+        except ValueError as e:
+            raise UserError(str(e)) from None
     try:
-        ref = c3po.build_reference(params, cfg.model, [(enc(r["prompt"]), tok.encode(r["answer"])) for r in ref_rows],
-                                   rcfg=rcfg)
-        if args.only_solved:
-            if not ref.solved.any():
-                raise UserError("the model solves none of the reference examples; drop --only-solved.")
-            ref = ref.subset(ref.solved)
-        print(f"reference set: {len(ref.losses)} examples, critical layers {list(ref.critical_layers)}")
+        try:
+            ref = c3po.build_reference(params, cfg.model, [(enc(r["prompt"]), tok.encode(r["answer"]))
+                                                           for r in ref_rows], rcfg=rcfg, embeddings=ref_emb,
+                                       solved_only=not args.all_references)
+        except ValueError as e:
+            if "solves none" in str(e):
+                raise UserError(f"{e} (--all-references)") from None
+            raise
+        kind = "every example" if args.all_references else "the examples the model solves"
+        print(f"reference set: {len(ref.losses)} examples ({kind}), critical layers {list(ref.critical_layers)}")
         prompts = [enc(row["prompt"]) for row in rows]
-        results = [c3po.remix(params, cfg.model, ref, prompt, rcfg=rcfg) for prompt in prompts]
+        results = [c3po.remix(params, cfg.model, ref, prompt, rcfg=rcfg,
+                              embedding=None if in_emb is None else in_emb[i]) for i, prompt in enumerate(prompts)]
         out_rows = []
         for row, res in zip(rows, results):
             rec = {"prompt": row["prompt"], "neighbours": [int(i) for i in res.neighbours],

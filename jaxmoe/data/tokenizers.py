@@ -239,17 +239,22 @@ class HFTokenizer:
 
 def load_tokenizer(spec: str | os.PathLike) -> ByteTokenizer | HFTokenizer:
     """``"byte"`` -> `ByteTokenizer`; a path to an existing ``.json`` file -> `HFTokenizer`."""
+    from jaxmoe.errors import DataError  # a ValueError: one line on the command line
+
     spec_str = os.fspath(spec)
     if spec_str == "byte":
         return ByteTokenizer()
     if spec_str.lower().endswith(".json") and os.path.isfile(spec_str):
-        return HFTokenizer(spec_str)
+        try:
+            return HFTokenizer(spec_str)
+        except ValueError as e:
+            raise DataError(" ".join(str(e).split())[:300]) from None
     if spec_str.lower().endswith(".json"):
-        raise ValueError(
+        raise DataError(
             f"Tokenizer file {spec_str!r} does not exist; pass 'byte' or the path to an "
             "existing Hugging Face tokenizer .json file."
         )
-    raise ValueError(
+    raise DataError(
         f"Unknown tokenizer {spec_str!r}; valid choices are 'byte' or the path to a "
         "Hugging Face tokenizer .json file (make one with train_bpe_tokenizer)."
     )

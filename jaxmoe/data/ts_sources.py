@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxmoe.data.corpus import Exclusions, ensure_default_corpus, read_corpus
 from jaxmoe.data.synthetic import SYNTHETIC_GENERATORS, synthetic2_series, tsmixup_series
+from jaxmoe.data.windows import WindowSource, clean_series
 from jaxmoe.errors import SeriesError
 
 __all__ = ["GENERATOR_KINDS", "GeneratorWindowSource", "TSMixupWindowSource", "resolve_extra_source",
@@ -42,8 +43,6 @@ EXTRA_KINDS = ("corpus", "tsmixup", *GENERATOR_KINDS)
 
 
 def _window(values: np.ndarray) -> dict[str, np.ndarray]:
-    from jaxmoe.data.timeseries import clean_series
-
     v, m = clean_series(values)
     return {"values": v, "mask": m}
 
@@ -119,8 +118,6 @@ def exclude_named_series(named: Sequence[tuple[str, np.ndarray]], exclusions: Ex
 def resolve_extra_source(kind: str, rest: str, spec: str, *, context_length: int, seed: int, synthetic_size: int,
                          window_kwargs: dict, exclusions: Exclusions | None):
     """A source for one of `EXTRA_KINDS`, or None when `kind` is not one of them."""
-    from jaxmoe.data.timeseries import WindowSource
-
     if kind in GENERATOR_KINDS:
         size = synthetic_size
         if rest:

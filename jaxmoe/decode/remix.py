@@ -12,6 +12,12 @@ an embedding. For a test prompt:
    - ``kernel``: ``w_hat = sum_i K_i w_i / sum_i K_i``, ``w <- a w + (1 - a) w_hat`` with
      ``a`` from a grid chosen to minimise the kernel-weighted loss of the neighbours when
      they run with ``w``;
+   - ``mode`` (mode finding): mean-shift iterations from ``w`` towards the densest region of
+     the reference pathways, ``w_bar = sum_{i in N(w)} K(w_i, w) w_i / sum K(w_i, w)`` with
+     ``N(w)`` the ``neighbours`` reference pathways nearest to ``w`` in *pathway* space and a
+     Gaussian ``K`` (bandwidth = half the median distance from ``w`` to them), until it
+     converges; then ``w <- a w + (1 - a) mode`` with ``a`` chosen as for ``kernel`` (the
+     input-space neighbours' loss);
    - ``ngd`` (neighbourhood gradient descent, the paper's best): ``steps`` normalised
      gradient steps on ``w`` minimising the kernel-weighted neighbours' loss (weights kept
      >= 0; the best iterate by that loss is returned).
@@ -25,7 +31,12 @@ Defaults follow the paper scaled to the model: the last ``round(5/16)`` of the M
 are critical and ``round(20/64)`` of the experts (at least ``experts_per_token``) are core.
 
 Examples are ``(prompt_ids, answer_ids)`` pairs; the loss of an example is the mean
-cross-entropy of its answer tokens given the prompt.
+cross-entropy of its answer tokens given the prompt. Neighbourhoods use the model's pooled
+hidden states (``embedding="hidden"``: the mean final hidden state of the prompt), the mean
+token embedding (``"tokens"``) or embeddings the caller supplies (``embeddings=`` of
+:func:`build_reference` and :func:`remix`, e.g. from a sentence encoder). The paper's
+reference pathways are those of *solved* examples: ``build_reference(..., solved_only=True)``
+keeps the examples the model answers with its own routing.
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ Example = tuple[Sequence[int], Sequence[int]]  # (prompt ids, answer ids)
 
 @dataclasses.dataclass(frozen=True)
 class RemixConfig:
-    method: str = "ngd"  # "ngd" | "kernel"
+    method: str = "ngd"  # "ngd" | "kernel" | "mode"
     critical_layers: tuple[int, ...] | None = None  # layer indices of the whole stack; None -> the last 5/16 MoE layers
     core_experts: int | None = None  # None -> round(20/64 * num_experts), at least experts_per_token
     neighbours: int = 3
@@ -56,6 +67,10 @@ class RemixConfig:
     lr: float = 0.05  # step length of a normalised gradient step
     alphas: tuple[float, ...] = tuple(i / 10 for i in range(11))
     embedding: str = "hidden"  # "hidden": mean final hidden state of the prompt; "tokens": mean token embedding
+    mode_steps: int = 20  # mode finding: mean-shift iterations
+
+
+METHODS = ("ngd", "kernel", "mode")
 
 
 def default_critical_layers(cfg: LMConfig) -> tuple[int, ...]:
@@ -72,8 +87,8 @@ def _check(cfg: LMConfig, rcfg: RemixConfig) -> tuple[tuple[int, ...], int]:
     if "weight_override" not in get_router(cfg.moe.router).inputs:
         able = [name for name in router_names() if "weight_override" in get_router(name).inputs]
         raise ValueError(f"C3PO re-mixes router scores; router {cfg.moe.router!r} has none (use {', '.join(able)}).")
-    if rcfg.method not in ("ngd", "kernel"):
-        raise ValueError(f"method {rcfg.method!r} is not valid; choose ngd or kernel.")
+    if rcfg.method not in METHODS:
+        raise ValueError(f"method {rcfg.method!r} is not valid; choose one of {', '.join(METHODS)}.")
     if rcfg.embedding not in ("hidden", "tokens"):
         raise ValueError(f"embedding {rcfg.embedding!r} is not valid; choose hidden or tokens.")
     crit = tuple(rcfg.critical_layers) if rcfg.critical_layers else default_critical_layers(cfg)
@@ -197,11 +212,54 @@ class ReferenceSet:
                                             if f.name != "critical_layers"})
 
 
+def _check_embeddings(embeddings, n: int, what: str) -> np.ndarray:
+    e = np.asarray(embeddings, np.float32)
+    if e.ndim != 2 or e.shape[0] != n:
+        raise ValueError(f"the embeddings of {what} must have shape ({n}, dim), got {e.shape}.")
+    if not np.isfinite(e).all():
+        raise ValueError(f"the embeddings of {what} hold NaN or inf.")
+    return e
+
+
+def load_embeddings(path, n_reference: int, n_inputs: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(reference [n_reference, dim], inputs [n_inputs, dim])`` from an ``.npy`` holding
+    the reference rows then the input rows, or an ``.npz`` with arrays ``reference`` and
+    ``inputs`` (e.g. sentence-encoder embeddings). ValueError (one sentence) otherwise."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"embeddings file '{path}' does not exist.")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one error
+        raise ValueError(f"cannot read embeddings from {path}: {e}.") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        if not {"reference", "inputs"} <= set(data.files):
+            raise ValueError(f"{path} must hold arrays 'reference' and 'inputs', it holds {', '.join(data.files)}.")
+        ref, inp = np.asarray(data["reference"]), np.asarray(data["inputs"])
+    else:
+        if data.ndim != 2 or data.shape[0] != n_reference + n_inputs:
+            raise ValueError(f"{path} must have shape ({n_reference} reference + {n_inputs} inputs = "
+                             f"{n_reference + n_inputs}, dim), got {data.shape}.")
+        ref, inp = data[:n_reference], data[n_reference:]
+    if ref.ndim != 2 or inp.ndim != 2 or len(ref) != n_reference or inp.shape != (n_inputs, ref.shape[1]):
+        raise ValueError(f"{path}: the embeddings must be ({n_reference}, dim) for the reference set and "
+                         f"({n_inputs}, dim) for the inputs, got {ref.shape} and {inp.shape}.")
+    return ref.astype(np.float32), inp.astype(np.float32)
+
+
 def build_reference(params, cfg: LMConfig, examples: Sequence[Example], *, rcfg: RemixConfig = RemixConfig(),
-                    weights: np.ndarray | None = None, width: int | None = None) -> ReferenceSet:
+                    weights: np.ndarray | None = None, width: int | None = None,
+                    embeddings: np.ndarray | None = None, solved: np.ndarray | None = None,
+                    solved_only: bool = False) -> ReferenceSet:
     """Reference set from ``examples``. ``weights [n, Lc, N]`` gives known-good routing
     weights of the critical layers (the model's own when None); losses and ``solved`` are
-    computed with those weights. Keep only solved examples with ``ref.subset(ref.solved)``."""
+    computed with those weights (``solved``: teacher-forced greedy decoding gets the answer,
+    unless the caller gives its own verdict ``solved [n]``, e.g. the right choice of a
+    multiple-choice question). ``embeddings [n, dim]`` replace the model's (use the same
+    kind for the test inputs). ``solved_only`` keeps only the solved examples (their
+    pathways are the paper's reference pathways); ValueError if none is solved."""
     crit, _ = _check(cfg, rcfg)
     tokens, target, pos = pack(examples, width)
     w, emb = routing_and_embedding(params, cfg, jnp.asarray(tokens), jnp.asarray(pos), crit, rcfg.embedding)
@@ -211,9 +269,19 @@ def build_reference(params, cfg: LMConfig, examples: Sequence[Example], *, rcfg:
             raise ValueError(f"weights must have shape {tuple(w.shape)} (examples, critical layers, experts), got "
                              f"{weights.shape}.")
         w = jnp.asarray(weights)
-    losses, solved = example_stats(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos), w, crit)
-    return ReferenceSet(tokens, target, pos, np.asarray(w), np.asarray(losses), np.asarray(emb), np.asarray(solved),
-                        crit)
+    if embeddings is not None:
+        emb = _check_embeddings(embeddings, len(examples), "the reference set")
+    losses, right = example_stats(params, cfg, jnp.asarray(tokens), jnp.asarray(target), jnp.asarray(pos), w, crit)
+    if solved is not None:
+        right = np.asarray(solved, bool).reshape(len(examples))
+    ref = ReferenceSet(tokens, target, pos, np.asarray(w), np.asarray(losses), np.asarray(emb), np.asarray(right),
+                       crit)
+    if solved_only:
+        if not ref.solved.any():
+            raise ValueError(f"the model solves none of the {len(examples)} reference examples, so there are no "
+                             "solved pathways; use all of them (the model's own pathways) instead.")
+        ref = ref.subset(ref.solved)
+    return ref
 
 
 # ------------------------------------------------------------------------------ re-mix
@@ -227,7 +295,7 @@ class RemixResult:
     kernel: np.ndarray  # [k] kernel weights
     neighbour_loss_before: float
     neighbour_loss_after: float
-    alpha: float | None = None  # kernel method: the chosen mixing coefficient
+    alpha: float | None = None  # kernel and mode methods: the chosen mixing coefficient
     critical_layers: tuple[int, ...] = ()
 
 
@@ -250,9 +318,40 @@ def _objective(w, params, cfg: LMConfig, tokens, target, pos, kernel, crit):
 _neighbour_grad = jax.jit(jax.value_and_grad(_objective), static_argnames=("cfg", "crit"))
 
 
+def mode_of_pathways(w0: np.ndarray, pathways: np.ndarray, kernel: np.ndarray | None = None, steps: int = 20,
+                     bandwidth: float | None = None, neighbours: int | None = None) -> np.ndarray:
+    """Mode finding (mean shift) from ``w0 [Lc, N]`` over the reference ``pathways [n, Lc,
+    N]``: ``m <- sum_{i in N(m)} c_i G(|p_i - m|) p_i / sum_{i in N(m)} c_i G(|p_i - m|)``,
+    where ``N(m)`` is the ``neighbours`` pathways nearest to ``m`` in pathway space
+    (re-found at every step; all of them when None), ``G`` a Gaussian kernel of
+    ``bandwidth`` (default: half the median distance from ``w0`` to its neighbourhood,
+    narrow enough that a dense group of pathways wins over a lone one instead of being
+    averaged with it) and ``c_i`` optional weights per pathway (``kernel [n]``, default 1)."""
+    p = pathways.reshape(len(pathways), -1).astype(np.float64)
+    c0 = np.ones(len(p)) if kernel is None else np.asarray(kernel, np.float64)
+    k = len(p) if not neighbours else min(int(neighbours), len(p))
+    m = w0.reshape(-1).astype(np.float64)
+    d0 = np.sort(np.linalg.norm(p - m[None], axis=-1))[:k]
+    h = bandwidth or max(0.5 * float(np.median(d0)), 1e-6)
+    for _ in range(steps):
+        d = np.linalg.norm(p - m[None], axis=-1)
+        near = np.argsort(d, kind="stable")[:k]
+        c = np.zeros(len(p))
+        c[near] = c0[near] * np.exp(-0.5 * (d[near] / h) ** 2)
+        if c.sum() <= 1e-300:  # far from every pathway: the nearest one is the mode
+            c = (d == d.min()).astype(np.float64)
+        new = (c[:, None] * p).sum(0) / c.sum()
+        if np.linalg.norm(new - m) < 1e-7:
+            m = new
+            break
+        m = new
+    return m.reshape(w0.shape).astype(np.float32)
+
+
 def remix(params, cfg: LMConfig, reference: ReferenceSet, prompt: Sequence[int], *,
-          rcfg: RemixConfig = RemixConfig()) -> RemixResult:
-    """Re-mix the critical-layer routing weights of one test ``prompt`` (token ids)."""
+          rcfg: RemixConfig = RemixConfig(), embedding: np.ndarray | None = None) -> RemixResult:
+    """Re-mix the critical-layer routing weights of one test ``prompt`` (token ids).
+    ``embedding [dim]`` replaces the prompt's own (same kind as the reference set's)."""
     crit, core = _check(cfg, rcfg)
     if tuple(reference.critical_layers) != crit:
         raise ValueError(f"the reference set was built for critical layers {list(reference.critical_layers)}, "
@@ -262,6 +361,11 @@ def remix(params, cfg: LMConfig, reference: ReferenceSet, prompt: Sequence[int],
     tokens, _, pos = pack([(prompt, [])])
     w0, emb = routing_and_embedding(params, cfg, jnp.asarray(tokens), jnp.asarray(pos), crit, rcfg.embedding)
     w0, emb = np.asarray(w0[0]), np.asarray(emb[0])
+    if embedding is not None:
+        emb = _check_embeddings(np.reshape(embedding, (1, -1)), 1, "the test input")[0]
+    if emb.shape[-1] != reference.embeddings.shape[-1]:
+        raise ValueError(f"the test input's embedding has {emb.shape[-1]} dimensions, the reference set's "
+                         f"{reference.embeddings.shape[-1]}; use embeddings of one kind for both.")
     dist = np.linalg.norm(reference.embeddings - emb[None], axis=-1)
     k = min(rcfg.neighbours, len(dist))
     nb = np.argsort(dist, kind="stable")[:k]
@@ -275,8 +379,13 @@ def remix(params, cfg: LMConfig, reference: ReferenceSet, prompt: Sequence[int],
     core_mask = _core_mask(w0, core)
     before = objective(w0)
     alpha = None
-    if rcfg.method == "kernel":
-        w_hat = (kernel[:, None, None] * reference.weights[nb]).sum(0) / kernel.sum()
+    if rcfg.method in ("kernel", "mode"):
+        if rcfg.method == "kernel":
+            w_hat = (kernel[:, None, None] * reference.weights[nb]).sum(0) / kernel.sum()
+        else:
+            # the paper's mode finding: the neighbourhood is in pathway space (the reference
+            # pathways nearest to the current one), not in input space
+            w_hat = mode_of_pathways(w0, reference.weights, None, rcfg.mode_steps, neighbours=rcfg.neighbours)
         best = (before, 1.0, w0)
         for a in rcfg.alphas:
             cand = np.where(core_mask, a * w0 + (1 - a) * w_hat, w0).astype(np.float32)

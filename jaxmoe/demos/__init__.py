@@ -1,7 +1,5 @@
-"""Small real-data demos that need no download (state-space models: :mod:`jaxmoe.demos.ssm`).
-
-:mod:`jaxmoe.demos.data` holds the in-memory datasets (scikit-learn digits read pixel by
-pixel, statsmodels macrodata forecasting windows) and :class:`ArrayPipeline`, a resumable
-in-memory batch pipeline used by the ``s_mamba``, ``spacetime`` and ``lssl_classifier``
-model families.
+"""Small real-data demos that need no download: the state-space models trained and scored in
+one process (:mod:`jaxmoe.demos.ssm`). Their datasets (scikit-learn digits read pixel by pixel,
+statsmodels macrodata forecasting windows) and pipelines live in :mod:`jaxmoe.data`
+(:mod:`~jaxmoe.data.datasets`, :mod:`~jaxmoe.data.arrays`, :mod:`~jaxmoe.data.pipelines`).
 """

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from jaxmoe.config import Config
+from jaxmoe.data import pipelines
 from jaxmoe.models import get_model
 from jaxmoe.train.optimizer import learning_rate_schedule, make_optimizer
 from jaxmoe.train.state import TrainState
@@ -40,7 +41,7 @@ def fit(cfg: Config, *, steps: int | None = None, params=None, pipeline=None,
     """
     module = get_model(cfg.model.family)
     steps = cfg.train.steps if steps is None else int(steps)
-    train_pipe = pipeline if pipeline is not None else module.build_pipelines(cfg)[0]
+    train_pipe = pipeline if pipeline is not None else pipelines.build(cfg)[0]
     tx = make_optimizer(cfg.train)
     loss = lambda p, b, r: module.loss_fn(p, b, cfg.model, r)  # noqa: E731
     step_fn = jax.jit(make_train_step(loss, tx, learning_rate_schedule(cfg.train)))
@@ -64,7 +65,7 @@ def _predict_batches(fn, x: np.ndarray, batch: int = 256) -> np.ndarray:
 def evaluate_forecaster(cfg: Config, params) -> dict:
     """Test MSE / MAE of the model and of the last-value baseline (z units, all test windows)."""
     module = get_model(cfg.model.family)
-    data = module.forecast_data(cfg)
+    data = pipelines.forecast_data(cfg)
     pred = _predict_batches(jax.jit(lambda x: module.apply(params, x, cfg.model)), data.test_x)
     last = np.repeat(data.test_x[:, -1:], data.test_y.shape[1], axis=1)
     err, err_last = pred - data.test_y, last - data.test_y
@@ -77,7 +78,7 @@ def evaluate_forecaster(cfg: Config, params) -> dict:
 def evaluate_classifier(cfg: Config, params) -> dict:
     """Test accuracy of the classifier and of the majority training class."""
     module = get_model(cfg.model.family)
-    data = module.classification_data(cfg)
+    data = pipelines.classification_data(cfg)
     logits = _predict_batches(jax.jit(lambda t: module.apply(params, t, cfg.model)), data["test"]["tokens"])
     labels = data["test"]["labels"]
     majority = int(np.bincount(data["train"]["labels"]).argmax())

@@ -1,6 +1,6 @@
 """Forecast metrics, classical baselines and a fixed evaluation suite on real series.
 
-Conventions (see specs/time_moe.md, "Evaluation conventions"):
+Conventions:
 - MSE and MAE are computed on z-normalised targets: target and forecast are both
   normalised with the mean / std of the *context window* the forecaster saw (std 0 or
   undefined -> 1), as in Informer-style tables.

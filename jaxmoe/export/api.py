@@ -38,9 +38,15 @@ def read_hf_config(hf_dir: str | Path) -> dict:
     if not cfg_file.is_file():
         raise ExportError(f"'{hf_dir}' has no config.json, so it is not a Hugging Face model directory.")
     try:
-        return json.loads(cfg_file.read_text())
+        hf = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ExportError(f"{cfg_file} is not a text file, so '{hf_dir}' is not a Hugging Face model directory.") \
+            from None
     except json.JSONDecodeError as e:
         raise ExportError(f"{cfg_file} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+    if not isinstance(hf, dict):
+        raise ExportError(f"{cfg_file} holds no JSON object, so '{hf_dir}' is not a Hugging Face model directory.")
+    return hf
 
 
 def detect_family(hf_dir: str | Path) -> str:
@@ -84,17 +90,65 @@ def save_hf(cfg: Config, params, family: str, out_dir: str | Path, shard_size: i
             "total_size": writer.total_size, "peak_buffer_bytes": writer.peak_buffer_bytes}
 
 
+def _file_states(out: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of the files under ``out`` (the manifest left out)."""
+    from jaxmoe.validate import EXPORT_MANIFEST
+
+    if not out.is_dir():
+        return {}
+    return {str(f.relative_to(out)): (f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(out.rglob("*"))
+            if f.is_file() and f.name != EXPORT_MANIFEST}
+
+
+def _clear_previous_export(out: Path) -> None:
+    """Delete what an earlier ``export`` listed in its manifest (and directories it leaves
+    empty); nothing else in ``out`` is touched."""
+    from jaxmoe.validate import EXPORT_MANIFEST, read_export_manifest
+
+    for rel in read_export_manifest(out) or []:
+        target = (out / rel).resolve()
+        if out.resolve() not in target.parents:  # only inside the export directory
+            continue
+        if target.is_file() or target.is_symlink():
+            target.unlink()
+        for parent in target.parents:
+            if parent == out.resolve() or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    (out / EXPORT_MANIFEST).unlink(missing_ok=True)
+
+
+def _write_export_manifest(out: Path, before: dict, info: dict) -> None:
+    from jaxmoe.validate import EXPORT_MANIFEST
+
+    after = _file_states(out)
+    written = sorted(k for k, v in after.items() if before.get(k) != v)
+    (out / EXPORT_MANIFEST).write_text(json.dumps({**info, "files": written}, indent=2) + "\n")
+
+
 def export_hf(run_dir: str | Path, family: str, out_dir: str | Path, shard_size: int | str = "2GB", *,
               step: int | None = None, dtype: str = "float32", stablehlo: bool = False,
-              stablehlo_batch: int = 1, stablehlo_max_len: int | None = None) -> dict:
-    """Export the latest (or ``step``) checkpoint of ``run_dir`` as an HF ``family`` directory."""
+              stablehlo_batch: int = 1, stablehlo_max_len: int | None = None, force: bool = False) -> dict:
+    """Export the newest intact (or ``step``) checkpoint of ``run_dir`` as an HF ``family``
+    directory. ``out_dir`` must be new, empty or an earlier export (``force``: any
+    directory); the files an earlier export wrote (listed in its ``.jaxmoe-export.json``)
+    are removed first, nothing else, and the new manifest lists what this one wrote."""
+    from jaxmoe import validate
     from jaxmoe.checkpoint import load_params
 
+    out = validate.export_output_dir(out_dir, force=force)
     fam = get_family(family)
+    info = {"checkpoint": str(Path(run_dir).absolute()), "family": family}
     if hasattr(fam, "export_run"):  # families that convert whole run directories themselves
-        out = fam.export_run(run_dir, out_dir, shard_size=shard_size, step=step, dtype=dtype)
-        return out if isinstance(out, dict) else {"family": family, "out_dir": str(out)}
+        _clear_previous_export(out)
+        before = _file_states(out)
+        result = fam.export_run(run_dir, out_dir, shard_size=shard_size, step=step, dtype=dtype)
+        _write_export_manifest(out, before, info)
+        return result if isinstance(result, dict) else {"family": family, "out_dir": str(result)}
     cfg, params = load_params(run_dir, step)
+    fam.config_to_hf(cfg)  # refuses a config the family cannot express before anything is removed or written
+    _clear_previous_export(out)
+    before = _file_states(out)
     summary = save_hf(cfg, params, family, out_dir, shard_size, dtype)
     if stablehlo:
         from jaxmoe.export.stablehlo import export_decode_step
@@ -102,6 +156,7 @@ def export_hf(run_dir: str | Path, family: str, out_dir: str | Path, shard_size:
         art = export_decode_step(cfg.model, params, Path(out_dir) / "stablehlo", batch=stablehlo_batch,
                                  max_len=stablehlo_max_len)
         summary["stablehlo"] = str(art)
+    _write_export_manifest(out, before, info)
     return summary
 
 
@@ -117,12 +172,17 @@ def load_hf(hf_dir: str | Path, family: str | None = None) -> tuple[Config, dict
     return cfg, params
 
 
-def import_hf(hf_dir: str | Path, out_run_dir: str | Path, *, family: str | None = None, seed: int = 0) -> Path:
+def import_hf(hf_dir: str | Path, out_run_dir: str | Path, *, family: str | None = None, seed: int = 0,
+              force: bool = False) -> Path:
     """Convert an HF directory into a jaxmoe run directory (config.yaml + a params-only
-    orbax checkpoint at step 0: no optimizer state, no data-iterator position)."""
+    orbax checkpoint at step 0: no optimizer state, no data-iterator position).
+    ``out_run_dir`` must be new or empty (``force``: any directory without checkpoints)."""
     import dataclasses
 
     from jaxmoe import checkpoint as ckpt
+    from jaxmoe import validate
+
+    validate.import_output_dir(out_run_dir, force=force)
 
     family = family or detect_family(hf_dir)
     fam = get_family(family)
@@ -168,7 +228,8 @@ def hf_info(hf_dir: str | Path) -> dict[str, Any]:
         "first_k_dense": m.moe.first_k_dense, "moe_every": m.moe.moe_every, "max_seq_len": m.max_seq_len,
         "stored_params": stored, "bytes": size, "files": files, "dtypes": dtypes,
     }
-    if hasattr(fam, "count_active"):
-        total, active = fam.count_active(m)
-        info["params"], info["active_params"] = total, active
+    from jaxmoe.models import param_counts
+
+    counts = param_counts(m)
+    info["params"], info["active_params"] = counts["total"], counts["active"]
     return info

@@ -394,7 +394,7 @@ def import_run(hf_dir, out_run_dir) -> Path:
 def hf_info(hf_dir) -> dict[str, Any]:
     """Sizes and parameter counts of an HF Time-MoE directory."""
     from jaxmoe.export.safetensors_io import SafetensorsReader
-    from jaxmoe.models.time_moe import param_counts
+    from jaxmoe.models import param_counts
 
     hf_dir = Path(hf_dir)
     cfg = config_from_hf(json.loads((hf_dir / "config.json").read_text()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 
 from jaxmoe.config import ModelConfig
-from jaxmoe.models.stack import DTYPES
+from jaxmoe.models.stack import compute_dtype
 from jaxmoe.ssm.diagonal import diagonal_ssm, init_diagonal_ssm, init_diagonal_ssm_state
 from jaxmoe.ssm.mamba import init_mamba, init_mamba_state, mamba
 
@@ -36,7 +36,7 @@ def init_ssm_state(kind: str, cfg: ModelConfig, batch: int, dtype=None) -> dict:
     _check(kind)
     if kind == "mamba":
         return init_mamba_state(batch, cfg.embed_dim, d_state=cfg.ssm_state_dim, d_conv=cfg.ssm_conv_dim,
-                                expand=cfg.ssm_expand, dtype=dtype or DTYPES[cfg.dtype])
+                                expand=cfg.ssm_expand, dtype=dtype or compute_dtype(cfg))
     return init_diagonal_ssm_state(batch, cfg.embed_dim, d_state=cfg.ssm_state_dim)
 
 

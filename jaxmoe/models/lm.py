@@ -25,15 +25,15 @@ Public API: :func:`init`, :func:`apply`, :func:`init_cache`, :func:`prefill`,
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
 import jax
 import jax.numpy as jnp
 
 from jaxmoe.config import check
-from jaxmoe.models import hybrid
+from jaxmoe.models import blocks, hybrid
 from jaxmoe.models.base import TransformerConfig
-from jaxmoe.models.stack import Group, LayerKind, make_groups, scan_group
+from jaxmoe.models.stack import Group, LayerKind, compute_dtype, make_groups, scan_group, unbox_params
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.moe.routers import RouterInputs, get_router
 from jaxmoe.nn import attention as attn_lib
@@ -41,8 +41,6 @@ from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
 from jaxmoe.nn.layers import attend_embedding, embed, init_embedding, init_rmsnorm, init_swiglu, rmsnorm, swiglu
 from jaxmoe.nn.rope import RopeScaling
 from jaxmoe.parallel.sharding import constrain
-
-from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
 
 if TYPE_CHECKING:
     from jaxmoe.config import Config
@@ -54,6 +52,8 @@ MIXER_KINDS = ("attn", "mamba", "diag_ssm")
 class LMConfig(TransformerConfig):
     """Decoder language model (``model.family: lm``): attention options (GQA, biases,
     QK-norm, MLA), the vocabulary and head, and hybrid SSM mixers."""
+
+    data_kind: ClassVar[str] = "text"  # jaxmoe.data.pipelines: packed token sequences
 
     family: Literal["lm"] = "lm"
     vocab_size: int = 259
@@ -101,10 +101,6 @@ def layer_kinds(m: LMConfig) -> list[LayerKind]:
     return out
 
 
-def compute_dtype(cfg: LMConfig):
-    return DTYPES[cfg.dtype]
-
-
 def groups(cfg: LMConfig) -> list[Group]:
     return make_groups(layer_kinds(cfg), cfg.moe.first_k_dense, len(cfg.layer_pattern or ("attn",)), cfg.moe.moe_every)
 
@@ -133,13 +129,11 @@ def _init_mixer(key, kind: str, cfg: LMConfig):
 def _init_block(key, kind, cfg: LMConfig):
     mixer, ffn = kind
     k = split(key, ["mixer", "ffn"])
-    p = {"mixer_norm": init_rmsnorm(cfg.embed_dim), "mixer": _init_mixer(k["mixer"], mixer, cfg),
-         "ffn_norm": init_rmsnorm(cfg.embed_dim)}
     if ffn == "moe":
-        p["ffn"] = init_moe(k["ffn"], cfg.embed_dim, cfg.moe, cfg.init_std)
+        ffn_params = init_moe(k["ffn"], cfg.embed_dim, cfg.moe, cfg.init_std)
     else:
-        p["ffn"] = init_swiglu(k["ffn"], cfg.embed_dim, cfg.moe.dense_ffn_dim or 4 * cfg.embed_dim, cfg.init_std)
-    return p
+        ffn_params = init_swiglu(k["ffn"], cfg.embed_dim, cfg.moe.dense_ffn_dim or 4 * cfg.embed_dim, cfg.init_std)
+    return blocks.init_block(_init_mixer(k["mixer"], mixer, cfg), ffn_params, cfg.embed_dim)
 
 
 def init_boxed(key, cfg: LMConfig) -> dict:
@@ -198,7 +192,7 @@ def init_cache(cfg: LMConfig, batch: int, max_len: int | None = None, dtype=None
                 one = attn_lib.init_kv_cache(batch, max_len, cfg.kv_heads, cfg.head_size, dtype)
             else:
                 one = hybrid.init_ssm_state(mixer, cfg, batch)
-            row.append(jax.tree.map(lambda a: jnp.broadcast_to(a, (g.repeats,) + a.shape), one))
+            row.append(blocks.stack_layers(one, g.repeats))
         out.append(row)
     cache = {"index": jnp.zeros((), jnp.int32), "groups": out}
     router = get_router(cfg.moe.router)
@@ -210,27 +204,26 @@ def init_cache(cfg: LMConfig, batch: int, max_len: int | None = None, dtype=None
 # --------------------------------------------------------------------------- forward
 
 
-def _block(p, h, kind, cfg: LMConfig, positions, layer_cache, cache_index, inputs: RouterInputs):
-    mixer, ffn = kind
-    x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
-    if mixer == "attn" and cfg.attention_type == "mla":
+def _mixer(kind: str, cfg: LMConfig, positions, layer_cache, cache_index) -> blocks.Mixer:
+    if kind == "attn" and cfg.attention_type == "mla":
         from jaxmoe.nn import mla
 
-        y, new_cache = mla.mla(p["mixer"], x, positions, rope_theta=cfg.rope_theta, cache=layer_cache,
-                               cache_index=cache_index, impl=cfg.attention_impl, rope_scaling=cfg.rope_scaling)
-    elif mixer == "attn":
-        y, new_cache = attn_lib.attention(p["mixer"], x, positions, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps,
-                                          cache=layer_cache, cache_index=cache_index, impl=cfg.attention_impl,
-                                          rope_scaling=cfg.rope_scaling)
-    else:
-        y, new_cache = hybrid.ssm_mixer(p["mixer"], x, mixer, cfg, layer_cache)
-    h = h + y
-    x = rmsnorm(p["ffn_norm"], h, cfg.norm_eps)
+        return lambda p, x: mla.mla(p, x, positions, rope_theta=cfg.rope_theta, cache=layer_cache,
+                                    cache_index=cache_index, impl=cfg.attention_impl, rope_scaling=cfg.rope_scaling)
+    if kind == "attn":
+        return blocks.attention_mixer(cfg, positions, layer_cache, cache_index, rope_scaling=cfg.rope_scaling)
+    return lambda p, x: hybrid.ssm_mixer(p, x, kind, cfg, layer_cache)
+
+
+def _block(p, h, kind, cfg: LMConfig, positions, layer_cache, cache_index, inputs: RouterInputs):
+    mixer, ffn = kind
     if ffn == "moe":
-        y, aux = moe(p["ffn"], x, cfg.moe, inputs=inputs)
+        ffn_fn = lambda fp, x: moe(fp, x, cfg.moe, inputs=inputs)  # noqa: E731
     else:
-        y, aux = swiglu(p["ffn"], x), None
-    return constrain(h + y, ("batch", "seq", "embed")), new_cache, aux  # no-op without a multi-device mesh
+        ffn_fn = lambda fp, x: (swiglu(fp, x), None)  # noqa: E731
+    h, new_cache, aux = blocks.block(p, h, _mixer(mixer, cfg, positions, layer_cache, cache_index), ffn_fn,
+                                     cfg.norm_eps)
+    return constrain(h, ("batch", "seq", "embed")), new_cache, aux  # no-op without a multi-device mesh
 
 
 def forward(params, tokens: jax.Array, cfg: LMConfig, *, cache: dict | None = None,
@@ -259,8 +252,7 @@ def forward(params, tokens: jax.Array, cfg: LMConfig, *, cache: dict | None = No
     """
     dt = compute_dtype(cfg)
     b, s = tokens.shape
-    index = cache["index"] if cache is not None else jnp.zeros((), jnp.int32)
-    positions = jnp.broadcast_to(index + jnp.arange(s, dtype=jnp.int32), (b, s))
+    index, positions = blocks.positions(cache, b, s)
     h = embed(params["embed"], tokens, dt)
     inputs = RouterInputs() if inputs is None else inputs
     router = get_router(cfg.moe.router)
@@ -370,8 +362,9 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None 
 def loss_fn(params, batch: dict, cfg: LMConfig, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``batch["tokens"] [batch, seq+1]`` -> ``(loss, metrics)``; loss = CE + router aux losses.
 
-    A router with its own training objective (e.g. two stochastic passes with a
-    consistency loss) replaces the single pass; ``rng`` is its key."""
+    ``rng``: the step's key in training (router jitter, stochastic routers); None in
+    evaluation. A router with its own training objective (e.g. two stochastic passes with a
+    consistency loss) replaces the single pass."""
     tokens = batch["tokens"]
     x, targets = tokens[:, :-1], tokens[:, 1:]
     mask = batch.get("mask")
@@ -379,16 +372,21 @@ def loss_fn(params, batch: dict, cfg: LMConfig, rng: jax.Array | None = None) ->
         mask = mask[:, 1:]
     router = get_router(cfg.moe.router)
     if router.objective is not None:
-        run = lambda inputs: apply(params, x, cfg, inputs=inputs)  # noqa: E731
+        def run(inputs, moe_cfg=None):  # one pass; moe_cfg: another MoE config (e.g. the inference draw)
+            return apply(params, x, cfg if moe_cfg is None else dataclasses.replace(cfg, moe=moe_cfg), inputs=inputs)
+
         return router.objective(run, lambda logits: cross_entropy(logits, targets, mask), mask, cfg.moe, rng)
-    del rng
-    logits, aux = apply(params, x, cfg)
+    inputs = None
+    if cfg.moe.router_jitter and rng is not None:  # training: jitter the routers' inputs
+        inputs = RouterInputs(jitter_rng=jax.random.fold_in(rng, 0x1177))
+    logits, aux = apply(params, x, cfg, inputs=inputs)
     ce = cross_entropy(logits, targets, mask)
     loss = ce + aux["aux_loss"]
     metrics = {"ce": ce, "aux_loss": aux["aux_loss"], "dropped_frac": aux["dropped_frac"]}
     if aux["load"].shape[0]:
         metrics["load"] = aux["load"]
-        metrics["balance_loss"] = aux["balance_loss"]
+        if "balance_loss" in aux:  # balance_loss: none (e.g. auxiliary-loss-free balancing) has none
+            metrics["balance_loss"] = aux["balance_loss"]
         metrics["max_load"] = (aux["load"].max(-1) * cfg.moe.num_experts).mean()
         for name in router.loss_names:  # the router's own losses
             metrics[name] = aux[name]
@@ -396,3 +394,28 @@ def loss_fn(params, batch: dict, cfg: LMConfig, rng: jax.Array | None = None) ->
             metrics["active_experts"] = aux["active_experts"].mean()
             metrics["active_experts_per_layer"] = aux["active_experts"]
     return loss, metrics
+
+
+# ------------------------------------------------------------------ after a train step
+
+
+def post_update(params_before, params_after, metrics: dict, cfg: LMConfig):
+    """The routers' own updates after a train step (:meth:`Router.post_update`, e.g.
+    DeepSeek-V3 auxiliary-loss-free balancing of the selection bias), from the step's
+    ``metrics["load"] [moe_layers, experts]``: each MoE layer's router gets its params
+    before the step and its load, and the leaves it returns replace ``params_after``'s.
+    Returns ``params_after`` itself when the router updates nothing."""
+    router = get_router(cfg.moe.router)
+    if not router.updates_after_step(cfg.moe) or "load" not in metrics:
+        return params_after
+    row = {layer: i for i, layer in enumerate(moe_layer_indices(cfg))}
+    out = jax.tree.map(lambda a: a, params_after)  # new containers, same arrays
+    for gi, g in enumerate(groups(cfg)):
+        for j, (_, ffn) in enumerate(g.unit):
+            if ffn != "moe":
+                continue
+            load = metrics["load"][jnp.asarray([row[layer] for layer in g.layer_indices(j)])]  # [repeats, N]
+            before = params_before["groups"][gi][j]["ffn"]["router"]
+            new = jax.vmap(lambda p, l: router.post_update(p, {"load": l}, cfg.moe))(before, load)
+            out["groups"][gi][j]["ffn"]["router"].update(new)
+    return out

@@ -25,21 +25,22 @@ Params::
     final_norm: {scale, bias}
     head:       {kernel [H, classes], bias [classes]}
 
-Batches: ``{"tokens": int32 [batch, seq], "labels": int32 [batch]}``.
+Batches: ``{"tokens": int32 [batch, seq], "labels": int32 [batch]}`` (:mod:`jaxmoe.data.pipelines`,
+data kind ``classification``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxmoe.config import Config, ConfigError, ModelConfig, check
+from jaxmoe.config import Config, ModelConfig, check
 from jaxmoe.nn.init import logical_axes, split, stack_boxed, unbox
 from jaxmoe.nn.layers import embed, init_embedding, init_layernorm, init_linear, layernorm, linear
 from jaxmoe.ssm.lssl import init_lssl, lssl
@@ -50,6 +51,8 @@ class LSSLClassifierConfig(ModelConfig):
     """LSSL sequence classifier (``model.family: lssl_classifier``): vocabulary, classes,
     pooling, state size, dropout, and the LSSL layer's view, A, measure, discretisation and
     initial step sizes."""
+
+    data_kind: ClassVar[str] = "classification"  # jaxmoe.data.pipelines: {"tokens": [b, seq], "labels": [b]}
 
     family: Literal["lssl_classifier"] = "lssl_classifier"
     vocab_size: int = 259  # inputs are ids < vocab_size
@@ -133,36 +136,4 @@ def loss_fn(params, batch: dict, cfg: LSSLClassifierConfig, rng: jax.Array | Non
     return loss, {"accuracy": acc}
 
 
-def classification_data(cfg: Config) -> dict:
-    """The digits split of ``cfg`` (``data.sources`` empty or ``[digits]``; test fraction
-    ``data.eval_fraction``; 0 keeps the default 0.25 split and only turns evaluation off)."""
-    from jaxmoe.demos.data import cached_digits
-
-    d, m = cfg.data, cfg.model
-    if tuple(d.sources) not in ((), ("digits",)):
-        raise ConfigError(f"model.family=lssl_classifier reads data.sources=[digits] (sklearn digits), "
-                          f"got {list(d.sources)}.")
-    data = cached_digits(float(d.eval_fraction) or 0.25, 0)
-    if m.vocab_size < data["vocab_size"] or m.num_classes < data["num_classes"]:
-        raise ConfigError(f"the digits need model.vocab_size >= {data['vocab_size']} and model.num_classes >= "
-                          f"{data['num_classes']}, got {m.vocab_size} and {m.num_classes}.")
-    return data
-
-
-def build_pipelines(cfg: Config):
-    """Training pipeline over the training digits (shuffled with ``train.seed``) and an
-    evaluation pipeline over the test digits in a fixed order (None when
-    ``data.eval_fraction`` is 0)."""
-    from jaxmoe.demos.data import ArrayPipeline
-
-    data = classification_data(cfg)
-    bs = cfg.train.batch_size
-    train = ArrayPipeline(data["train"], bs, seed=cfg.train.seed, shuffle=cfg.data.shuffle)
-    evalp = None
-    if cfg.data.eval_fraction > 0 and len(data["test"]["labels"]) >= bs:
-        evalp = ArrayPipeline(data["test"], bs, shuffle=False)
-    return train, evalp
-
-
-__all__ = ["init", "init_boxed", "param_axes", "features", "apply", "loss_fn", "build_pipelines",
-           "classification_data"]
+__all__ = ["init", "init_boxed", "param_axes", "features", "apply", "loss_fn"]

@@ -12,11 +12,12 @@ of Moirai-MoE (Liu et al. 2024, ``uni2ts`` ``MoiraiMoEModule``), univariate:
   the mask here lets the model tell a missing point from a zero):
   ``h0 = feat(silu(in(u))) + res(u)`` with biased linear maps ``in, res: [2P, D]``,
   ``feat: [D, D]``.
-- **Blocks** (pre-norm, fp32 RMSNorm, eps ``model.norm_eps``), causal over patch tokens:
-  ``h += attn(rmsnorm(h)); h += moe(rmsnorm(h))``.
-  Attention has no biases, QK-norm (RMSNorm over each head's dims) and RoPE (theta
-  ``model.rope_theta``, rotate-half layout) on the first half of each head's dims
-  (``2 * (head_dim // 4)`` dims; the rest carry no position), positions = token index.
+- **Blocks** (:mod:`jaxmoe.models.blocks`: pre-norm, fp32 RMSNorm, eps ``model.norm_eps``),
+  causal over patch tokens: ``h += attn(rmsnorm(h)); h += moe(rmsnorm(h))``.
+  Attention (:func:`jaxmoe.nn.attention.attention`) has no biases, QK-norm (RMSNorm over
+  each head's dims) and RoPE (theta ``model.rope_theta``, rotate-half layout) on the first
+  half of each head's dims (:func:`rope_dims`: ``2 * (head_dim // 4)`` dims; the rest carry
+  no position), positions = token index.
   uni2ts uses ``partial_factor=(0, 0.5)`` with an interleaved-pair rotary layout; the
   rotate-half layout is the same rotation up to a fixed permutation of those dims.
   Every FFN is a top-k SwiGLU MoE (``jaxmoe.moe.layer.moe``; Moirai-MoE: 32 experts, top-2,
@@ -30,32 +31,28 @@ of Moirai-MoE (Liu et al. 2024, ``uni2ts`` ``MoiraiMoEModule``), univariate:
     released ``MoEFeedForward`` does: ``torch.topk(cdist, k)``), weights ``softmax`` over those
     k distances; ``centroid_nearest`` takes the k *nearest* centroids (``-d``) instead. The
     centroids get no gradient (``stop_gradient``) and no weight decay, so they stay as loaded
-    or initialised (:func:`set_centroids` installs k-means centroids, :func:`kmeans`).
+    or initialised (:func:`set_centroids` installs k-means centroids,
+    :func:`jaxmoe.moe.kmeans.kmeans`).
 - Final RMSNorm, then one biased linear head ``[D, P * R]`` (computed in fp32): for every point of the **next**
   patch, the ``R = distributions.num_raw_params(model.mixture_components)`` raw parameters of
   a mixture (default Moirai's Student-t, normal with fixed scale 1e-3, negative binomial,
   log-normal; see :mod:`jaxmoe.models.distributions`) over the scaled value ``z``.
 
 **Loss** (:func:`loss_fn`). A window of ``W`` points keeps its last ``N * P`` points
-(``N = W // P``; the pipelines of :func:`build_pipelines` give ``W = seq_len + P``).
+(``N = W // P``; the training pipelines, :mod:`jaxmoe.data.pipelines` with data kind
+``timeseries_patches``, give ``W = seq_len + P``).
 Tokens ``0..N-2`` are the inputs, token ``t`` predicts patch ``t + 1``; scaling statistics
 come from the observed input points. Loss = masked mean over the *observed* target points of
 ``-log p(z)`` (in scaled space: the ``+ log scale`` Jacobian term is a per-series constant
 that carries no gradient, so it is left out) + the summed router aux losses of the layers
 (``model.moe.balance_loss`` / ``balance_coef`` / ``z_loss_coef``; none with centroid gating).
 
-**Forecasting** (:func:`forecast_moirai`): the context is left-padded (masked) to a whole
-number of patches, scaled, and ``ceil(horizon / P)`` patches are sampled autoregressively
-inside one jitted function: the last token's mixture gives ``num_samples`` draws of the next
-patch, each draw is fed back as an observed patch and the next patch is drawn from its own
-path, and so on; paths are de-normalised and summarised by quantiles, median and mean.
-``use_cache=True`` (default) prefills a KV cache with the context once (shared by all sample
-paths) and then decodes one token per path per step; ``use_cache=False`` re-runs the whole
-fixed-size token buffer every step (causal attention makes the not-yet-written tokens
-invisible) -- the reference path; both draw the same random numbers. ``jaxmoe forecast`` /
-``evaluate`` use the median as the point forecast (:func:`forecast_quantiles`). As in uni2ts
-the mixture lives in scaled space (an affine transform of it gives the raw-scale
-distribution), so e.g. negative-binomial draws are ``loc + scale * k`` for integers ``k``.
+**Forecasting** (:mod:`jaxmoe.decode.forecast`): the context is scaled with the same
+statistics and ``ceil(horizon / P)`` patches are sampled autoregressively from the mixture
+of the last token (:func:`trunk` with a KV cache from :func:`init_cache`, then
+:func:`distribution_params`). As in uni2ts the mixture lives in scaled space (an affine
+transform of it gives the raw-scale distribution), so e.g. negative-binomial draws are
+``loc + scale * k`` for integers ``k``.
 
 Params::
 
@@ -71,28 +68,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxmoe.config import Config, ConfigError, check
+from jaxmoe.config import Config, check
+from jaxmoe.models import blocks
 from jaxmoe.models import distributions as dist
 from jaxmoe.models.base import TransformerConfig
 from jaxmoe.models.series import align_to_first_observation
-from jaxmoe.models.stack import scan_group
+from jaxmoe.models.stack import compute_dtype, scan_group, unbox_params
 from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.layer import init_moe, moe
+from jaxmoe.moe.kmeans import kmeans
 from jaxmoe.moe.routers.centroid import centroid_routing
 from jaxmoe.nn import attention as attn_lib
 from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
 from jaxmoe.nn.layers import init_linear, init_rmsnorm, linear, rmsnorm
-from jaxmoe.nn.rope import apply_rope
-
-from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
-DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +94,8 @@ class MoiraiMoEConfig(TransformerConfig):
     components of the mixture distribution head, and the MoE gating: a learned top-k router,
     or fixed per-layer centroids ("centroid": top-k of the distances as in the released
     code; "centroid_nearest": the k nearest)."""
+
+    data_kind: ClassVar[str] = "timeseries_patches"  # jaxmoe.data.pipelines: windows of seq_len + P points
 
     family: Literal["moirai_moe"] = "moirai_moe"
     patch_size: int = 16
@@ -124,10 +119,6 @@ def _model_cfg(cfg) -> MoiraiMoEConfig:
     return cfg.model if isinstance(cfg, Config) else cfg
 
 
-def compute_dtype(cfg: MoiraiMoEConfig):
-    return DTYPES[cfg.dtype]
-
-
 def num_raw_params(cfg: MoiraiMoEConfig) -> int:
     return dist.num_raw_params(_model_cfg(cfg).mixture_components)
 
@@ -137,10 +128,8 @@ def moe_config(cfg: MoiraiMoEConfig) -> MoEConfig:
     over the chosen experts (learned gating). With centroid gating the router (and its
     losses) is replaced by :func:`jaxmoe.moe.routers.centroid.centroid_routing`."""
     cfg = _model_cfg(cfg)
-    m = dataclasses.replace(
-        cfg.moe, router="topk", router_options=None, score_func="softmax", norm_topk=True, selection_bias=False,
-        bias_update_rate=0.0, routed_scaling_factor=1.0, num_groups=1, topk_groups=1, num_shared_experts=0,
-        shared_expert_gate=False, first_k_dense=0, moe_every=1, num_compressed_experts=0)
+    m = blocks.topk_moe_config(cfg.moe, norm_topk=True, num_shared_experts=0, shared_expert_gate=False,
+                               num_compressed_experts=0)
     if cfg.moirai_gating != "learned":
         m = dataclasses.replace(m, balance_loss="none", z_loss_coef=0.0, device_balance_coef=0.0, seq_aux=False)
     return m
@@ -155,13 +144,9 @@ def _init_block(key, cfg: MoiraiMoEConfig) -> dict:
     if cfg.moirai_gating != "learned":
         ffn.pop("router")
         ffn["centroids"] = param(k["centroids"], (cfg.moe.num_experts, cfg.embed_dim), ("expert", "embed"), normal(1.0))
-    return {
-        "mixer_norm": init_rmsnorm(cfg.embed_dim),
-        "mixer": attn_lib.init_attention(k["mixer"], cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_size,
-                                         qkv_bias=False, qk_norm=True, std=cfg.init_std),
-        "ffn_norm": init_rmsnorm(cfg.embed_dim),
-        "ffn": ffn,
-    }
+    mixer = attn_lib.init_attention(k["mixer"], cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_size,
+                                    qkv_bias=False, qk_norm=True, std=cfg.init_std)
+    return blocks.init_block(mixer, ffn, cfg.embed_dim)
 
 
 def init_boxed(key, cfg: MoiraiMoEConfig) -> dict:
@@ -190,21 +175,10 @@ def param_axes(cfg: MoiraiMoEConfig) -> Any:
     return logical_axes(init_boxed, jax.random.PRNGKey(0), _model_cfg(cfg))
 
 
-def param_counts(cfg: MoiraiMoEConfig) -> dict[str, int]:
-    """``{"total", "active"}`` parameter counts (active: k of the experts per token)."""
-    cfg = _model_cfg(cfg)
-    shapes = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), cfg))
-    total = sum(int(x.size) for x in jax.tree.leaves(shapes))
-    per_expert = sum(int(x.size) for x in jax.tree.leaves(shapes["layers"]["ffn"]["experts"])) // cfg.moe.num_experts
-    return {"total": total, "active": total - per_expert * (cfg.moe.num_experts - cfg.moe.experts_per_token)}
-
-
 def init_cache(cfg: MoiraiMoEConfig, batch: int, max_tokens: int, dtype=None) -> dict:
     """KV cache ``{"index": int32, "layers": {"k","v": [layers, batch, max_tokens, kv_heads, head_dim]}}``."""
     cfg = _model_cfg(cfg)
-    one = attn_lib.init_kv_cache(batch, max_tokens, cfg.kv_heads, cfg.head_size, dtype or compute_dtype(cfg))
-    return {"index": jnp.zeros((), jnp.int32),
-            "layers": jax.tree.map(lambda a: jnp.broadcast_to(a, (cfg.num_layers,) + a.shape), one)}
+    return blocks.init_kv_cache(cfg, batch, max_tokens, dtype or compute_dtype(cfg))
 
 
 # --------------------------------------------------------------------------- forward
@@ -224,62 +198,20 @@ def rope_dims(head_dim: int) -> int:
     return 2 * (head_dim // 4)
 
 
-def partial_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotate the first :func:`rope_dims` dims of ``x [batch, seq, heads, head_dim]``."""
-    r = rope_dims(x.shape[-1])
-    if r == 0:
-        return x
-    return jnp.concatenate([apply_rope(x[..., :r], positions, theta), x[..., r:]], axis=-1)
-
-
-def attention(params, x: jax.Array, positions: jax.Array, cfg: MoiraiMoEConfig, *, cache: dict | None = None,
-              cache_index: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
-    """Causal attention over patch tokens: no biases, per-head QK RMSNorm, RoPE on half the
-    head dims. ``x [batch, seq, embed]``, ``positions [batch, seq]``; with a cache
-    ``{"k","v": [batch, max_len, kv_heads, head_dim]}`` the new keys/values go to
-    ``cache_index`` and queries see every cached position ``<=`` their own.
-    Returns ``(y [batch, seq, embed], new cache or None)``."""
-    proj = lambda p: jnp.einsum("bsd,dhk->bshk", x, p["kernel"].astype(x.dtype))
-    q, k, v = proj(params["q"]), proj(params["k"]), proj(params["v"])
-    q = rmsnorm(params["q_norm"], q, cfg.norm_eps)
-    k = rmsnorm(params["k_norm"], k, cfg.norm_eps)
-    q = partial_rope(q, positions, cfg.rope_theta)
-    k = partial_rope(k, positions, cfg.rope_theta)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    new_cache = None
-    if cache is None:
-        implementation = attn_lib._choose_impl(cfg.attention_impl, x.dtype, False)  # cuDNN on GPU for bf16/fp16
-        try:
-            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=implementation)
-        except Exception:  # cuDNN unavailable for this shape/dtype: fall back to XLA
-            if implementation is None:
-                raise
-            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
-    else:
-        idx = jnp.asarray(cache_index, jnp.int32)
-        ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, idx, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, idx, 0, 0))
-        new_cache = {"k": ck, "v": cv}
-        s, max_len = x.shape[1], ck.shape[1]
-        allowed = jnp.arange(max_len)[None, :] <= (idx + jnp.arange(s))[:, None]
-        out = jax.nn.dot_product_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), scale=scale,
-                                           mask=allowed[None, None])
-    y = jnp.einsum("bshk,hkd->bsd", out, params["o"]["kernel"].astype(x.dtype))
-    return y, new_cache
-
-
-def _block(p, h, cfg: MoiraiMoEConfig, mcfg: MoEConfig, positions, layer_cache, cache_index):
-    x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
-    y, new_cache = attention(p["mixer"], x, positions, cfg, cache=layer_cache, cache_index=cache_index)
-    h = h + y
-    x = rmsnorm(p["ffn_norm"], h, cfg.norm_eps)
+def _moe_ffn(p, x, cfg: MoiraiMoEConfig, mcfg: MoEConfig):
+    """The MoE FFN, gated by the learned router or the fixed centroids."""
     routing = None
     if cfg.moirai_gating != "learned":
         b, s, d = x.shape
-        routing = centroid_routing(x.reshape(b * s, d), p["ffn"]["centroids"], mcfg.experts_per_token,
+        routing = centroid_routing(x.reshape(b * s, d), p["centroids"], mcfg.experts_per_token,
                                    nearest=cfg.moirai_gating == "centroid_nearest")
-    y, aux = moe(p["ffn"], x, mcfg, routing=routing)
-    return h + y, new_cache, {"aux_loss": aux["aux_loss"], "load": aux["load"], "expert_ids": aux["expert_ids"]}
+    y, aux = moe(p, x, mcfg, routing=routing)
+    return y, {"aux_loss": aux["aux_loss"], "load": aux["load"], "expert_ids": aux["expert_ids"]}
+
+
+def _block(p, h, cfg: MoiraiMoEConfig, mcfg: MoEConfig, positions, layer_cache, cache_index):
+    mixer = blocks.attention_mixer(cfg, positions, layer_cache, cache_index, rope_dims=rope_dims(cfg.head_size))
+    return blocks.block(p, h, mixer, lambda fp, x: _moe_ffn(fp, x, cfg, mcfg), cfg.norm_eps)
 
 
 def trunk(params, patches: jax.Array, mask: jax.Array, cfg: MoiraiMoEConfig, *, cache: dict | None = None):
@@ -294,8 +226,7 @@ def trunk(params, patches: jax.Array, mask: jax.Array, cfg: MoiraiMoEConfig, *, 
     cfg = _model_cfg(cfg)
     b, n, _ = patches.shape
     mcfg = moe_config(cfg)
-    index = cache["index"] if cache is not None else jnp.zeros((), jnp.int32)
-    positions = jnp.broadcast_to(index + jnp.arange(n, dtype=jnp.int32), (b, n))
+    index, positions = blocks.positions(cache, b, n)
     h = embed_patches(params["embed"], patches, mask, compute_dtype(cfg))
 
     def body(h, xs):
@@ -307,8 +238,7 @@ def trunk(params, patches: jax.Array, mask: jax.Array, cfg: MoiraiMoEConfig, *, 
     h, (new_layers, stats) = scan_group(body, h, (params["layers"], layer_cache), cfg.remat)
     h = rmsnorm(params["final_norm"], h, cfg.norm_eps)
     aux = {"aux_loss": stats["aux_loss"].sum(), "load": stats["load"], "expert_ids": stats["expert_ids"]}
-    new_cache = None if cache is None else {"index": index + n, "layers": new_layers}
-    return h, aux, new_cache
+    return h, aux, blocks.advance(cache, index, n, new_layers)
 
 
 def distribution_params(params, hidden: jax.Array, cfg: MoiraiMoEConfig) -> dict:
@@ -336,7 +266,7 @@ def apply(params, patches: jax.Array, cfg: MoiraiMoEConfig, mask: jax.Array | No
     return out, aux
 
 
-# ----------------------------------------------------------------------- scaling, data
+# ----------------------------------------------------------------------- scaling, loss
 
 
 def scale_stats(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -410,48 +340,7 @@ def loss_fn(params, batch: dict, cfg: MoiraiMoEConfig, rng: jax.Array | None = N
     return loss, metrics
 
 
-def build_pipelines(cfg: Config):
-    """Training / evaluation window pipelines from ``data.sources`` (default: synthetic).
-
-    Windows hold ``data.seq_len + patch_size`` points: ``seq_len / patch_size`` input patches
-    and one more patch of targets. Stride ``data.stride`` (0 -> seq_len), weights
-    ``data.source_weights`` (empty -> equal); the evaluation pipeline draws from the same
-    sources with seed ``train.seed + 1`` (none when ``data.eval_fraction`` is 0).
-    """
-    from jaxmoe.data.timeseries import build_timeseries_pipeline
-
-    d = cfg.data
-    specs = tuple(d.sources) or ("synthetic",)
-    weights = tuple(d.source_weights) or (1.0,) * len(specs)
-    if len(weights) != len(specs):
-        raise ConfigError(f"data.source_weights has {len(weights)} entries for {len(specs)} sources.")
-    common = dict(sources=list(zip(specs, weights)), context_length=d.seq_len + cfg.model.patch_size - 1,
-                  stride=d.stride or d.seq_len, batch_size=cfg.train.batch_size, shuffle=d.shuffle,
-                  exclude=tuple(d.exclude), exclude_like=tuple(d.exclude_like), num_threads=d.num_threads)
-    train = build_timeseries_pipeline(seed=cfg.train.seed % (2 ** 32), **common)
-    evalp = None
-    if d.eval_fraction > 0:
-        evalp = build_timeseries_pipeline(seed=(cfg.train.seed + 1) % (2 ** 32), **common)
-    return train, evalp
-
-
 # ------------------------------------------------------------------------ centroids
-
-
-@functools.partial(jax.jit, static_argnames=("k", "iters"))
-def kmeans(x: jax.Array, k: int, key: jax.Array, iters: int = 25) -> jax.Array:
-    """Lloyd's k-means on ``x [n, d]`` (fp32) -> centroids ``[k, d]`` (k-means++-free: k
-    distinct random points as the start; an empty cluster keeps its centroid)."""
-    x = jnp.asarray(x, jnp.float32)
-    c = x[jax.random.choice(key, x.shape[0], (k,), replace=x.shape[0] < k)]
-
-    def step(c, _):
-        d2 = jnp.sum(x * x, -1, keepdims=True) - 2.0 * x @ c.T + jnp.sum(c * c, -1)[None]
-        onehot = jax.nn.one_hot(jnp.argmin(d2, -1), k, dtype=jnp.float32)
-        count = onehot.sum(0)[:, None]
-        return jnp.where(count > 0, onehot.T @ x / jnp.maximum(count, 1.0), c), None
-
-    return jax.lax.scan(step, c, None, length=iters)[0]
 
 
 def ffn_inputs(params, patches: jax.Array, mask: jax.Array, cfg: MoiraiMoEConfig) -> jax.Array:
@@ -495,146 +384,12 @@ def _fit_centroids(params, values, mask, key, cfg: MoiraiMoEConfig, iters: int):
 def _ffn_inputs_scan(params, h, positions, cfg: MoiraiMoEConfig, mcfg: MoEConfig):
     b, n, _ = h.shape
 
+    def ffn(p, x):  # the MoE FFN, reporting its (normalised) input
+        return _moe_ffn(p, x, cfg, mcfg)[0], x.reshape(b * n, -1).astype(jnp.float32)
+
     def body(h, lp):
-        x = rmsnorm(lp["mixer_norm"], h, cfg.norm_eps)
-        h = h + attention(lp["mixer"], x, positions, cfg)[0]
-        x = rmsnorm(lp["ffn_norm"], h, cfg.norm_eps)
-        routing = None
-        if cfg.moirai_gating != "learned":
-            routing = centroid_routing(x.reshape(b * n, -1), lp["ffn"]["centroids"], mcfg.experts_per_token,
-                                       nearest=cfg.moirai_gating == "centroid_nearest")
-        y, _ = moe(lp["ffn"], x, mcfg, routing=routing)
-        return h + y, x.reshape(b * n, -1).astype(jnp.float32)
+        h, _, feats = blocks.block(lp, h, blocks.attention_mixer(cfg, positions, None, None,
+                                                                 rope_dims=rope_dims(cfg.head_size)), ffn, cfg.norm_eps)
+        return h, feats
 
     return jax.lax.scan(body, h, params["layers"])[1]
-
-
-# ------------------------------------------------------------------------ forecasting
-
-
-def _sample_cached(params, zp, mp, key, cfg: MoiraiMoEConfig, steps: int, num_samples: int):
-    """Prefill the context once (shared by every sample path), then per step: draw each
-    path's next patch from its current distribution and decode that patch as one new token.
-    Returns scaled samples ``[steps, batch, samples, P]``."""
-    b, n_ctx, p = zp.shape
-    s = num_samples
-    cache = init_cache(cfg, b, n_ctx + steps)
-    hidden, _, cache = trunk(params, zp, mp, cfg, cache=cache)
-    first = distribution_params(params, hidden[:, -1], cfg)  # leaves [b, P(, C)]
-    first = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (b, s) + a.shape[1:]), first)
-    cache = {"index": cache["index"], "layers": jax.tree.map(lambda a: jnp.repeat(a, s, axis=1), cache["layers"])}
-    ones = jnp.ones((b * s, 1, p), jnp.float32)
-
-    def step(carry, i):
-        cache, dp = carry
-        z = dist.mixture_sample(jax.random.fold_in(key, i), dp)  # [b, s, P]
-        hidden, _, cache = trunk(params, z.reshape(b * s, 1, p), ones, cfg, cache=cache)
-        nxt = distribution_params(params, hidden[:, 0], cfg)
-        return (cache, jax.tree.map(lambda a: a.reshape((b, s) + a.shape[1:]), nxt)), z
-
-    # (the last step decodes one token more than needed, so the sampler is traced once)
-    return jax.lax.scan(step, (cache, first), jnp.arange(steps))[1]
-
-
-def _sample_full(params, zp, mp, key, cfg: MoiraiMoEConfig, steps: int, num_samples: int):
-    """Reference path: every step re-runs the whole fixed-size token buffer (context + the
-    patches sampled so far + not-yet-written tokens, which causal attention hides).
-    Returns scaled samples ``[steps, batch, samples, P]``."""
-    b, n_ctx, p = zp.shape
-    s = num_samples
-    total = n_ctx + steps - 1
-    pad = ((0, 0), (0, total - n_ctx), (0, 0))
-    buf_z = jnp.repeat(jnp.pad(zp, pad), s, axis=0)
-    buf_m = jnp.repeat(jnp.pad(mp, pad), s, axis=0)
-
-    def step(carry, i):
-        bz, bm = carry
-        hidden, _, _ = trunk(params, bz, bm, cfg)
-        h = jax.lax.dynamic_index_in_dim(hidden, n_ctx - 1 + i, axis=1, keepdims=False)
-        dp = distribution_params(params, h, cfg)
-        dp = jax.tree.map(lambda a: a.reshape((b, s) + a.shape[1:]), dp)
-        z = dist.mixture_sample(jax.random.fold_in(key, i), dp)
-        pos = jnp.minimum(n_ctx + i, total - 1)
-        write = i < steps - 1
-        new_z = jnp.where(write, z.reshape(b * s, 1, p), jax.lax.dynamic_slice_in_dim(bz, pos, 1, axis=1))
-        new_m = jnp.where(write, 1.0, jax.lax.dynamic_slice_in_dim(bm, pos, 1, axis=1))
-        bz = jax.lax.dynamic_update_slice_in_dim(bz, new_z, pos, axis=1)
-        bm = jax.lax.dynamic_update_slice_in_dim(bm, new_m, pos, axis=1)
-        return (bz, bm), z
-
-    _, zs = jax.lax.scan(step, (buf_z, buf_m), jnp.arange(steps))
-    return zs
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "horizon", "num_samples", "levels", "use_cache"))
-def _forecast_jit(params, values, mask, key, cfg: MoiraiMoEConfig, horizon: int, num_samples: int,
-                  levels: tuple[float, ...], use_cache: bool):
-    p = cfg.patch_size
-    b = values.shape[0]
-    steps = -(-horizon // p)
-    loc, scale = scale_stats(values, mask)
-    z = jnp.where(mask > 0, (values - loc) / scale, 0.0)
-    zp, mp = patchify(z, p), patchify(mask, p)
-    sampler = _sample_cached if use_cache else _sample_full
-    zs = sampler(params, zp, mp, key, cfg, steps, num_samples)  # [steps, b, s, P]
-    zs = jnp.transpose(zs, (1, 2, 0, 3)).reshape(b, num_samples, steps * p)[..., :horizon]
-    samples = zs * scale[:, :, None] + loc[:, :, None]
-    return {"mean": samples.mean(1), "median": jnp.median(samples, axis=1),
-            "quantiles": jnp.quantile(samples, jnp.asarray(levels, jnp.float32), axis=1), "samples": samples}
-
-
-def _prepare_context(context, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    ctx = np.asarray(context, dtype=np.float64)
-    if ctx.ndim == 1:
-        ctx = ctx[None]
-    if ctx.ndim != 2 or ctx.shape[1] == 0:
-        raise ValueError(f"context must be [batch, length] with length >= 1, got shape {ctx.shape}.")
-    finite = np.isfinite(ctx)
-    empty = np.flatnonzero(~finite.any(1))
-    if len(empty):
-        raise ValueError(f"context row {int(empty[0])} has no observed (finite) value to forecast from.")
-    pad = -ctx.shape[1] % patch_size
-    values = np.pad(np.where(finite, ctx, 0.0), ((0, 0), (pad, 0))).astype(np.float32)
-    mask = np.pad(finite, ((0, 0), (pad, 0))).astype(np.float32)
-    return values, mask
-
-
-def forecast_moirai(params, cfg, context, horizon: int, num_samples: int = 100, rng: jax.Array | None = None, *,
-                    quantile_levels: Sequence[float] = DEFAULT_QUANTILES, use_cache: bool = True) -> dict:
-    """Probabilistic forecast of ``horizon`` steps after each context row.
-
-    Args:
-      context: ``[batch, length]`` (or ``[length]``) raw values; NaN/inf = missing (masked,
-        never fed in); rows are left-padded (masked) to a whole number of patches.
-      horizon: steps to forecast (``ceil(horizon / P)`` patches are sampled, then truncated).
-      num_samples: sample paths per series (100 as in Moirai).
-      rng: PRNG key (default ``PRNGKey(0)``): the same key gives the same paths.
-      quantile_levels: levels of the returned quantiles.
-      use_cache: KV-cache decoding (default) or full recompute each step (reference path).
-    Returns (jax arrays, de-normalised): ``mean``, ``median [batch, horizon]``,
-    ``quantiles [len(levels), batch, horizon]``, ``samples [batch, num_samples, horizon]``
-    and ``quantile_levels`` (the tuple).
-    """
-    mcfg = _model_cfg(cfg)
-    if isinstance(horizon, bool) or int(horizon) != horizon or int(horizon) < 1:
-        raise ValueError(f"the horizon must be a positive integer, got {horizon!r}.")
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
-    levels = tuple(float(q) for q in quantile_levels)
-    if not all(0.0 <= q <= 1.0 for q in levels):
-        raise ValueError(f"quantile levels must lie in [0, 1], got {list(levels)}.")
-    values, mask = _prepare_context(context, mcfg.patch_size)
-    key = jax.random.PRNGKey(0) if rng is None else rng
-    out = _forecast_jit(params, jnp.asarray(values), jnp.asarray(mask), key, mcfg, int(horizon), int(num_samples),
-                        levels, bool(use_cache))
-    out["quantile_levels"] = levels
-    return out
-
-
-def forecast_quantiles(params, cfg, context, horizon: int, num_samples: int = 100, rng: jax.Array | None = None) -> dict:
-    """The ``jaxmoe forecast`` / ``evaluate`` hook: ``{"mean", "median": [batch, horizon],
-    "quantiles": {level: [batch, horizon]}}`` as numpy (levels 0.1 .. 0.9)."""
-    out = forecast_moirai(params, cfg, context, horizon, num_samples, rng)
-    qs = np.asarray(out["quantiles"])
-    return {"mean": np.asarray(out["mean"]), "median": np.asarray(out["median"]),
-            "quantiles": {q: qs[i] for i, q in enumerate(out["quantile_levels"])}}

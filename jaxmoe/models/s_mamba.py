@@ -1,6 +1,6 @@
 """S-Mamba: multivariate forecasting with variates as tokens and bidirectional Mamba.
 
-``specs/ssm.md`` (Wang et al. 2024, "Is Mamba effective for time series forecasting?")::
+Following Wang et al. 2024 ("Is Mamba effective for time series forecasting?")::
 
     x [batch, lookback, C]  --instance norm per variate (mean, sqrt(var_ddof0 + 1e-5))-->
     tokens [batch, C, lookback] --linear lookback -> E-->  h [batch, C, E]
@@ -30,25 +30,26 @@ Params::
     head:       {kernel [E, horizon], bias [horizon]}
 
 Batches: ``{"x": float32 [batch, lookback, C], "y": float32 [batch, horizon, C]}``
-(:func:`build_pipelines`, shared with ``spacetime``).
+(:mod:`jaxmoe.data.pipelines`, data kind ``windows``, shared with ``spacetime``); forecasting
+from a univariate context: :mod:`jaxmoe.decode.forecast`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxmoe.config import Config, ConfigError, ModelConfig, check
+from jaxmoe.config import Config, ModelConfig, check
+from jaxmoe.models.stack import compute_dtype
 from jaxmoe.nn.init import logical_axes, split, stack_boxed, unbox
 from jaxmoe.nn.layers import init_layernorm, init_linear, layernorm, linear
 from jaxmoe.ssm.mamba import init_mamba, mamba
 
-from jaxmoe.models.stack import DTYPES  # noqa: E402
 NORM_EPS = 1e-5  # instance-norm variance epsilon (S-Mamba / iTransformer)
 
 
@@ -62,6 +63,8 @@ def check_window(m) -> None:
 class SMambaConfig(ModelConfig):
     """S-Mamba forecaster (``model.family: s_mamba``): lookback window and forecast horizon,
     FFN width (0 -> 4 * embed_dim), Mamba sizes, dropout, per-window instance normalisation."""
+
+    data_kind: ClassVar[str] = "windows"  # jaxmoe.data.pipelines: {"x": [b, lookback, C], "y": [b, horizon, C]}
 
     family: Literal["s_mamba"] = "s_mamba"
     lookback: int = 96
@@ -78,10 +81,6 @@ class SMambaConfig(ModelConfig):
         super().validate(cfg)
         check_window(self)
         check(0.0 <= self.dropout_rate < 1.0, f"model.dropout_rate={self.dropout_rate} must be in [0, 1).")
-
-
-def compute_dtype(cfg: SMambaConfig):
-    return DTYPES[cfg.dtype]
 
 
 def ffn_width(cfg: SMambaConfig) -> int:
@@ -199,36 +198,5 @@ def loss_fn(params, batch: dict, cfg: SMambaConfig, rng: jax.Array | None = None
     return mse, {"mse": mse, "mae": jnp.mean(jnp.abs(err))}
 
 
-# ------------------------------------------------------------------------------- data
-
-
-def forecast_data(cfg: Config):
-    """The chronological :class:`jaxmoe.demos.data.ForecastSplit` of ``cfg``: source
-    ``data.sources[0]`` (default ``macrodata``), test fraction ``data.eval_fraction``,
-    training-window stride ``data.stride`` (0 -> 1)."""
-    from jaxmoe.demos.data import cached_forecast_split
-
-    d, m = cfg.data, cfg.model
-    if len(d.sources) > 1:
-        raise ConfigError(f"model.family={m.family} reads one multivariate source, got data.sources={list(d.sources)}.")
-    source = d.sources[0] if d.sources else "macrodata"
-    return cached_forecast_split(source, m.lookback, m.horizon, float(d.eval_fraction), d.stride or 1)
-
-
-def build_pipelines(cfg: Config):
-    """Training pipeline over the training windows (shuffled with ``train.seed``) and an
-    evaluation pipeline over the test windows in time order (None when there are fewer
-    test windows than one batch)."""
-    from jaxmoe.demos.data import ArrayPipeline
-
-    data = forecast_data(cfg)
-    bs = cfg.train.batch_size
-    train = ArrayPipeline({"x": data.train_x, "y": data.train_y}, bs, seed=cfg.train.seed, shuffle=cfg.data.shuffle)
-    evalp = None
-    if len(data.test_x) >= bs:
-        evalp = ArrayPipeline({"x": data.test_x, "y": data.test_y}, bs, shuffle=False)
-    return train, evalp
-
-
-__all__ = ["init", "init_boxed", "param_axes", "apply", "loss_fn", "build_pipelines", "instance_norm",
-           "bidirectional_mamba", "encoder_layer", "forecast_data"]
+__all__ = ["init", "init_boxed", "param_axes", "apply", "loss_fn", "instance_norm", "bidirectional_mamba",
+           "encoder_layer"]

@@ -39,22 +39,22 @@ Params::
     decoder: companion a/b/c/k [H, d], D [H]
     head:    {kernel [H, 1], bias [1]}
 
-Batches: ``{"x": [batch, lookback, C], "y": [batch, horizon, C]}`` (see
-:func:`jaxmoe.models.s_mamba.build_pipelines`).
+Batches: ``{"x": [batch, lookback, C], "y": [batch, horizon, C]}`` (:mod:`jaxmoe.data.pipelines`,
+data kind ``windows``); forecasting from a univariate context: :mod:`jaxmoe.decode.forecast`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxmoe.config import Config, ModelConfig, check
-from jaxmoe.models.s_mamba import build_pipelines, check_window, forecast_data, instance_norm  # noqa: F401
+from jaxmoe.models.s_mamba import check_window, instance_norm
 from jaxmoe.nn.init import logical_axes, split, stack_boxed, unbox
 from jaxmoe.nn.layers import init_layernorm, init_linear, layernorm, linear
 from jaxmoe.ssm.companion import companion_forecast, companion_ssm, init_companion, preprocess, preprocessing_kernels
@@ -68,6 +68,8 @@ class SpaceTimeConfig(ModelConfig):
     companion state size, FFN width (0 -> 2 * embed_dim), fixed preprocessing kernels, loss
     weights (horizon, lag, next input), per-window instance normalisation, and the L1
     normalisation of the companion columns."""
+
+    data_kind: ClassVar[str] = "windows"  # jaxmoe.data.pipelines: {"x": [b, lookback, C], "y": [b, horizon, C]}
 
     family: Literal["spacetime"] = "spacetime"
     lookback: int = 96
@@ -212,5 +214,4 @@ def loss_fn(params, batch: dict, cfg: SpaceTimeConfig, rng: jax.Array | None = N
     return loss, metrics
 
 
-__all__ = ["init", "init_boxed", "param_axes", "encode", "forward", "apply", "loss_parts", "loss_fn",
-           "build_pipelines", "forecast_data", "LOSS_PARTS"]
+__all__ = ["init", "init_boxed", "param_axes", "encode", "forward", "apply", "loss_parts", "loss_fn", "LOSS_PARTS"]

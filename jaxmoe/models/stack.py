@@ -1,4 +1,5 @@
-"""Stacked-and-scanned layer groups shared by the decoder models.
+"""Stacked-and-scanned layer groups shared by the decoder models (and the dtype helpers
+every family uses: :func:`compute_dtype`, :func:`unbox_params`).
 
 A heterogeneous stack (first-k dense layers, MoE every n-th layer, SSM/attention hybrids)
 is a short list of homogeneous groups. Each group repeats a *unit* of one or more layer
@@ -19,6 +20,11 @@ import jax.numpy as jnp
 LayerKind = tuple[str, str]  # (mixer, ffn), e.g. ("attn", "moe")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(cfg):
+    """The compute dtype of a model config (``model.dtype``: float32, bfloat16, float16)."""
+    return DTYPES[cfg.dtype]
 
 
 def unbox_params(boxed: Any, param_dtype: str = "float32") -> Any:

@@ -1,10 +1,10 @@
 """Time-MoE: a decoder-only mixture-of-experts foundation model for time series.
 
-Point-wise tokens (one time step = one token), following ``specs/time_moe.md`` and the
-Hugging Face ``TimeMoeForPrediction`` model:
+Point-wise tokens (one time step = one token), following the Time-MoE paper (Shi et al.
+2024) and the Hugging Face ``TimeMoeForPrediction`` model:
 
 - embedding ``h0 = silu(x @ W_gate) * (x @ W_emb)`` (both ``[input_size, embed]``, no bias);
-- pre-norm blocks (fp32 RMSNorm, eps ``model.norm_eps``): causal RoPE attention with biased
+- pre-norm blocks (:mod:`jaxmoe.models.blocks`; fp32 RMSNorm, eps ``model.norm_eps``): causal RoPE attention with biased
   q/k/v and an unbiased output projection, then a MoE FFN: softmax router in fp32, top-k
   probabilities kept *without* renormalisation, routed SwiGLU experts of width
   ``ffn_dim // k`` and one shared SwiGLU expert of width ``ffn_dim`` scaled by
@@ -30,20 +30,24 @@ Params::
 ``model.ffn_dim`` is Time-MoE's ``intermediate_size`` (0 -> 4 * embed); the ``model.moe``
 fields used are ``num_experts``, ``experts_per_token``, ``dispatch``, ``capacity_factor`` and
 ``gmm_backend`` -- everything else about the MoE layer is fixed by :func:`moe_config`.
+
+Training windows come from :mod:`jaxmoe.data.pipelines` (data kind ``timeseries_points``);
+forecasting any horizon is :mod:`jaxmoe.decode.forecast`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
 
-from jaxmoe.config import Config, ConfigError, check
+from jaxmoe.config import Config, check
+from jaxmoe.models import blocks
 from jaxmoe.models.base import TransformerConfig
 from jaxmoe.models.series import align_to_first_observation
-from jaxmoe.models.stack import scan_group
+from jaxmoe.models.stack import compute_dtype, scan_group, unbox_params
 from jaxmoe.moe.layer import init_moe, moe
 from jaxmoe.moe.config import MoEConfig
 from jaxmoe.moe.losses import expert_counts
@@ -52,7 +56,6 @@ from jaxmoe.nn import attention as attn_lib
 from jaxmoe.nn.init import logical_axes, normal, param, split, stack_boxed
 from jaxmoe.nn.layers import init_rmsnorm, init_swiglu, rmsnorm, swiglu
 
-from jaxmoe.models.stack import DTYPES, unbox_params  # noqa: E402
 HUBER_DELTA = 2.0
 
 
@@ -61,6 +64,8 @@ class TimeMoEConfig(TransformerConfig):
     """Time-MoE forecaster (``model.family: time_moe``): FFN width (0 -> 4 * embed_dim; routed
     experts get ffn_dim // k), forecast heads, point dimension, dense FFNs instead of MoE,
     router aux-loss weight."""
+
+    data_kind: ClassVar[str] = "timeseries_points"  # jaxmoe.data.pipelines: windows of seq_len + 1 points
 
     family: Literal["time_moe"] = "time_moe"
     ffn_dim: int = 0
@@ -78,10 +83,6 @@ class TimeMoEConfig(TransformerConfig):
               "model.input_size must be >= 1, model.ffn_dim >= 0 (0 = 4 * embed_dim), model.aux_loss_coef >= 0.")
 
 
-def compute_dtype(cfg: TimeMoEConfig):
-    return DTYPES[cfg.dtype]
-
-
 def ffn_width(cfg: TimeMoEConfig) -> int:
     """Time-MoE ``intermediate_size``: the shared expert / dense FFN width."""
     return cfg.ffn_dim or 4 * cfg.embed_dim
@@ -96,11 +97,9 @@ def moe_config(cfg: TimeMoEConfig) -> MoEConfig:
     """The MoEConfig of a Time-MoE FFN: softmax top-k without renormalisation, experts of
     width ``ffn_dim // k``, one sigmoid-gated shared expert of width ``ffn_dim``; the balance
     loss is computed over all layers by :func:`time_moe_aux_loss`, so the layer's own is off."""
-    return dataclasses.replace(
-        cfg.moe, router="topk", router_options=None, score_func="softmax", norm_topk=False, selection_bias=False,
-        bias_update_rate=0.0, routed_scaling_factor=1.0, num_groups=1, topk_groups=1,
-        expert_ffn_dim=expert_width(cfg), num_shared_experts=1, shared_ffn_dim=ffn_width(cfg),
-        shared_expert_gate=True, first_k_dense=0, moe_every=1, balance_loss="none", seq_aux=False,
+    return blocks.topk_moe_config(
+        cfg.moe, norm_topk=False, expert_ffn_dim=expert_width(cfg), num_shared_experts=1,
+        shared_ffn_dim=ffn_width(cfg), shared_expert_gate=True, balance_loss="none", seq_aux=False,
         device_balance_coef=0.0, z_loss_coef=0.0, router_jitter=0.0)
 
 
@@ -113,17 +112,13 @@ def _model_cfg(cfg) -> TimeMoEConfig:
 
 def _init_block(key, cfg: TimeMoEConfig) -> dict:
     k = split(key, ["mixer", "ffn"])
-    p = {
-        "mixer_norm": init_rmsnorm(cfg.embed_dim),
-        "mixer": attn_lib.init_attention(k["mixer"], cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_size,
-                                         qkv_bias=True, qk_norm=False, std=cfg.init_std),
-        "ffn_norm": init_rmsnorm(cfg.embed_dim),
-    }
+    mixer = attn_lib.init_attention(k["mixer"], cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_size,
+                                    qkv_bias=True, qk_norm=False, std=cfg.init_std)
     if cfg.use_dense:
-        p["ffn"] = init_swiglu(k["ffn"], cfg.embed_dim, ffn_width(cfg), cfg.init_std)
+        ffn = init_swiglu(k["ffn"], cfg.embed_dim, ffn_width(cfg), cfg.init_std)
     else:
-        p["ffn"] = init_moe(k["ffn"], cfg.embed_dim, moe_config(cfg), cfg.init_std)
-    return p
+        ffn = init_moe(k["ffn"], cfg.embed_dim, moe_config(cfg), cfg.init_std)
+    return blocks.init_block(mixer, ffn, cfg.embed_dim)
 
 
 def init_boxed(key, cfg: TimeMoEConfig) -> dict:
@@ -153,28 +148,13 @@ def param_axes(cfg: TimeMoEConfig) -> Any:
     return logical_axes(init_boxed, jax.random.PRNGKey(0), _model_cfg(cfg))
 
 
-def param_counts(cfg: TimeMoEConfig) -> dict[str, int]:
-    """``{"total", "active"}`` parameter counts (active: k routed experts per token)."""
-    cfg = _model_cfg(cfg)
-    shapes = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), cfg))
-    total = sum(int(x.size) for x in jax.tree.leaves(shapes))
-    active = total
-    if not cfg.use_dense:
-        per_expert = sum(int(x.size) for x in jax.tree.leaves(shapes["layers"]["ffn"]["experts"])) // cfg.moe.num_experts
-        active = total - per_expert * (cfg.moe.num_experts - cfg.moe.experts_per_token)
-    return {"total": total, "active": active}
-
-
 # ----------------------------------------------------------------------------- cache
 
 
 def init_cache(cfg: TimeMoEConfig, batch: int, max_len: int | None = None, dtype=None) -> dict:
     """KV cache ``{"index": int32, "layers": {"k","v": [layers, batch, max_len, kv_heads, head_dim]}}``."""
     cfg = _model_cfg(cfg)
-    max_len = max_len or cfg.max_seq_len
-    one = attn_lib.init_kv_cache(batch, max_len, cfg.kv_heads, cfg.head_size, dtype or compute_dtype(cfg))
-    return {"index": jnp.zeros((), jnp.int32),
-            "layers": jax.tree.map(lambda a: jnp.broadcast_to(a, (cfg.num_layers,) + a.shape), one)}
+    return blocks.init_kv_cache(cfg, batch, max_len or cfg.max_seq_len, dtype or compute_dtype(cfg))
 
 
 # --------------------------------------------------------------------------- forward
@@ -186,26 +166,28 @@ def embed_points(params, x: jax.Array, dtype) -> jax.Array:
     return jax.nn.silu(x @ params["gate"].astype(dtype)) * (x @ params["emb"].astype(dtype))
 
 
-def _block(p, h, cfg: TimeMoEConfig, mcfg: MoEConfig, positions, layer_cache, cache_index, expert_mask, force_mask,
-           valid=None):
-    x = rmsnorm(p["mixer_norm"], h, cfg.norm_eps)
-    y, new_cache = attn_lib.attention(p["mixer"], x, positions, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps,
-                                      cache=layer_cache, cache_index=cache_index, impl=cfg.attention_impl)
-    h = h + y
-    x = rmsnorm(p["ffn_norm"], h, cfg.norm_eps)
-    if cfg.use_dense:
-        return h + swiglu(p["ffn"], x), new_cache, None
+def _moe_ffn(p, x, mcfg: MoEConfig, expert_mask, force_mask, valid=None):
+    """The MoE FFN with Time-MoE's routing statistics (``counts``, ``prob_mean``, ``expert_ids``)."""
     b, s, d = x.shape
-    routing = route(p["ffn"]["router"], x.reshape(b * s, d), mcfg, expert_mask=expert_mask, force_mask=force_mask)
-    y, _ = moe(p["ffn"], x, mcfg, routing=routing)
+    routing = route(p["router"], x.reshape(b * s, d), mcfg, expert_mask=expert_mask, force_mask=force_mask)
+    y, _ = moe(p, x, mcfg, routing=routing)
     probs = routing.probs.astype(jnp.float32)
     if valid is None:
         counts, prob_mean = expert_counts(routing.expert_ids, mcfg.num_experts), probs.mean(0)
     else:  # [T] token weights: padding and degenerate windows take no part in the statistics
         counts = expert_counts(routing.expert_ids, mcfg.num_experts, valid[:, None])
         prob_mean = (probs * valid[:, None]).sum(0) / jnp.maximum(valid.sum(), 1.0)
-    stats = {"counts": counts, "prob_mean": prob_mean, "expert_ids": routing.expert_ids}
-    return h + y, new_cache, stats
+    return y, {"counts": counts, "prob_mean": prob_mean, "expert_ids": routing.expert_ids}
+
+
+def _block(p, h, cfg: TimeMoEConfig, mcfg: MoEConfig, positions, layer_cache, cache_index, expert_mask, force_mask,
+           valid=None):
+    mixer = blocks.attention_mixer(cfg, positions, layer_cache, cache_index)
+    if cfg.use_dense:
+        ffn = lambda fp, x: (swiglu(fp, x), None)  # noqa: E731
+    else:
+        ffn = lambda fp, x: _moe_ffn(fp, x, mcfg, expert_mask, force_mask, valid)  # noqa: E731
+    return blocks.block(p, h, mixer, ffn, cfg.norm_eps)
 
 
 def time_moe_aux_loss(counts: jax.Array, prob_mean: jax.Array, tokens_per_layer: int) -> jax.Array:
@@ -244,8 +226,7 @@ def trunk(params, x: jax.Array, cfg: TimeMoEConfig, *, cache: dict | None = None
         x = x[..., None]
     b, s, _ = x.shape
     mcfg = moe_config(cfg)
-    index = cache["index"] if cache is not None else jnp.zeros((), jnp.int32)
-    positions = jnp.broadcast_to(index + jnp.arange(s, dtype=jnp.int32), (b, s))
+    index, positions = blocks.positions(cache, b, s)
     h = embed_points(params["embed"], x, dt)
     valid = None if token_mask is None else token_mask.reshape(b * s).astype(jnp.float32)
     tokens = b * s if valid is None else jnp.maximum(valid.sum(), 1.0)
@@ -266,8 +247,7 @@ def trunk(params, x: jax.Array, cfg: TimeMoEConfig, *, cache: dict | None = None
         aux = {"aux_loss": time_moe_aux_loss(counts, stats["prob_mean"], tokens),
                "load": counts / jnp.maximum(counts.sum(-1, keepdims=True), 1.0),
                "counts": counts, "prob_mean": stats["prob_mean"], "expert_ids": stats["expert_ids"]}
-    new_cache = None if cache is None else {"index": index + s, "layers": new_layers}
-    return h, aux, new_cache
+    return h, aux, blocks.advance(cache, index, s, new_layers)
 
 
 def apply_head(params, hidden: jax.Array, cfg: TimeMoEConfig, head: int) -> jax.Array:
@@ -449,31 +429,3 @@ def loss_fn(params, batch: dict, cfg: TimeMoEConfig, rng: jax.Array | None = Non
         metrics["load"] = aux["load"]
         metrics["max_load"] = (aux["load"].max(-1) * cfg.moe.num_experts).mean()
     return loss, metrics
-
-
-# ------------------------------------------------------------------------------- data
-
-
-def build_pipelines(cfg: Config):
-    """Training / evaluation window pipelines from ``data.sources`` (default: synthetic).
-
-    Context length is ``data.seq_len`` (windows hold ``seq_len + 1`` points), stride
-    ``data.stride`` (0 -> seq_len), weights ``data.source_weights`` (empty -> equal). The
-    evaluation pipeline draws from the same sources with seed ``train.seed + 1`` (none
-    when ``data.eval_fraction`` is 0).
-    """
-    from jaxmoe.data.timeseries import build_timeseries_pipeline
-
-    d = cfg.data
-    specs = tuple(d.sources) or ("synthetic",)
-    weights = tuple(d.source_weights) or (1.0,) * len(specs)
-    if len(weights) != len(specs):
-        raise ConfigError(f"data.source_weights has {len(weights)} entries for {len(specs)} sources.")
-    common = dict(sources=list(zip(specs, weights)), context_length=d.seq_len, stride=d.stride or d.seq_len,
-                  batch_size=cfg.train.batch_size, shuffle=d.shuffle, exclude=tuple(d.exclude),
-                  exclude_like=tuple(d.exclude_like), num_threads=d.num_threads)
-    train = build_timeseries_pipeline(seed=cfg.train.seed % (2 ** 32), **common)
-    evalp = None
-    if d.eval_fraction > 0:
-        evalp = build_timeseries_pipeline(seed=(cfg.train.seed + 1) % (2 ** 32), **common)
-    return train, evalp

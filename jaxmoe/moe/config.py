@@ -35,7 +35,7 @@ class MoEConfig:
     score_func: Literal["softmax", "sigmoid"] = "softmax"
     norm_topk: bool = False  # renormalise the top-k weights to sum to 1
     selection_bias: bool = False  # DeepSeek-V3: per-expert bias used for selection only
-    bias_update_rate: float = 0.0  # aux-loss-free balancing: bias += rate * sign(mean - load)
+    bias_update_rate: float = 0.0  # aux-loss-free balancing after each train step: bias += rate * sign(mean - load)
     routed_scaling_factor: float = 1.0
     num_groups: int = 1  # group-limited routing (DeepSeek-V3)
     topk_groups: int = 1
@@ -50,7 +50,7 @@ class MoEConfig:
     seq_aux: bool = False  # DeepSeekMoE sequence-wise balance loss
     device_balance_coef: float = 0.0
     z_loss_coef: float = 0.0
-    router_jitter: float = 0.0
+    router_jitter: float = 0.0  # training: router input times uniform noise in [1 - eps, 1 + eps] (Switch/Mixtral)
     num_compressed_experts: int = 0  # of the top-k, the last n are IA3 "compressed" experts
     expert_activation: Literal["silu", "relu"] = "silu"  # GLU nonlinearity of the experts (relu: MoE-X)
 
@@ -82,6 +82,10 @@ class MoEConfig:
         check(0 <= moe.first_k_dense <= num_layers,
                f"model.moe.first_k_dense={moe.first_k_dense} must be between 0 and model.num_layers={num_layers}.")
         check(moe.capacity_factor > 0, "model.moe.capacity_factor must be positive.")
+        check(0.0 <= moe.router_jitter < 1.0, f"model.moe.router_jitter={moe.router_jitter} must be in [0, 1).")
+        check(moe.bias_update_rate >= 0.0, f"model.moe.bias_update_rate={moe.bias_update_rate} must be >= 0.")
+        check(not moe.bias_update_rate or moe.selection_bias,
+              "model.moe.bias_update_rate needs model.moe.selection_bias=true (the bias it updates).")
         check(0 <= moe.num_compressed_experts < moe.experts_per_token,
                f"model.moe.num_compressed_experts={moe.num_compressed_experts} must be between 0 and "
                f"model.moe.experts_per_token-1={moe.experts_per_token - 1}.")

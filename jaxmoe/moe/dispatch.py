@@ -125,24 +125,69 @@ def _combine_slots(y_slots: jax.Array, routing: Routing, dtype) -> jax.Array:
 # ---------------------------------------------------------------------------- engines
 
 
+def chunk_group_sizes(group_sizes: jax.Array, start: int, stop: int) -> jax.Array:
+    """Group sizes ``[E]`` of the sorted rows ``[start, stop)``: each group's rows clipped
+    to the chunk (groups are contiguous, in expert order)."""
+    ends = jnp.cumsum(group_sizes)
+    starts = ends - group_sizes
+    return (jnp.clip(ends, start, stop) - jnp.clip(starts, start, stop)).astype(group_sizes.dtype)
+
+
+def grouped_in_chunks(fn, rows: tuple, group_sizes: jax.Array, chunk_rows: int | None):
+    """``fn(*rows, group_sizes)`` on expert-sorted rows (each ``[M, ...]``) whose valid rows
+    come first (``sum(group_sizes)`` of them; the rest belong to no group).
+
+    With ``chunk_rows``, the rows are processed in chunks of that many; a chunk that starts
+    past the valid rows is skipped (``lax.cond``: not computed, its output is zeros), so
+    invalid slots cost nothing beyond the chunk that holds the last valid row. Returns
+    ``(out [M, ...], rows computed)``."""
+    m = rows[0].shape[0]
+    if not chunk_rows or chunk_rows >= m:
+        return fn(*rows, group_sizes), jnp.int32(m)
+    total = group_sizes.sum()
+    outs, computed = [], jnp.int32(0)
+    for start in range(0, m, chunk_rows):
+        stop = min(start + chunk_rows, m)
+        part = tuple(r[start:stop] for r in rows)
+        gs = chunk_group_sizes(group_sizes, start, stop)
+        run = start < total
+        shape = jax.eval_shape(fn, *part, gs)
+        outs.append(jax.lax.cond(run, lambda p, g: fn(*p, g), lambda p, g: jnp.zeros(shape.shape, shape.dtype),
+                                 part, gs))
+        computed = computed + jnp.where(run, stop - start, 0).astype(jnp.int32)
+    return jnp.concatenate(outs, axis=0), computed
+
+
 def dropless(x: jax.Array, routing: Routing, experts: dict, *, backend: str = "xla", activation: str = "silu",
-             ia3=None, **_) -> tuple[jax.Array, dict]:
-    """Sort by expert -> grouped matmul -> unsort -> weighted sum. ``x [T, D]``."""
+             ia3=None, chunk_rows: int | None = None, **_) -> tuple[jax.Array, dict]:
+    """Sort by expert -> grouped matmul -> unsort -> weighted sum. ``x [T, D]``.
+
+    Invalid slots (``routing.valid`` False: top-p routing's unused experts) sort last and
+    belong to no group, so the grouped matmuls see only the valid (token, expert) pairs;
+    with ``chunk_rows`` the sorted rows run in chunks and chunks past the valid rows are
+    skipped (:func:`grouped_in_chunks`). ``stats["computed_rows"]`` counts the rows the
+    grouped matmuls computed (``stats["buffer_rows"]`` the rows the buffer holds)."""
     t, d = x.shape
     k = routing.expert_ids.shape[1]
     num_experts = experts["gate"].shape[0]
     order, inv_order, group_sizes = sort_assignments(routing, num_experts)
     if ia3 is None:
         xs = expand_sorted(x, order, inv_order, k)
-        ys = expert_swiglu_grouped(xs, experts, group_sizes, backend, activation)
+        ys, computed = grouped_in_chunks(
+            lambda a, gs: expert_swiglu_grouped(a, experts, gs, backend, activation), (xs,), group_sizes, chunk_rows)
     else:
         v_gate, v_up, v_down = ia3
         xs = expand_sorted(x * v_gate.astype(x.dtype), order, inv_order, k)
         xs_up = expand_sorted(x * v_up.astype(x.dtype), order, inv_order, k)
         h_scale = expand_sorted(v_down.astype(x.dtype), order, inv_order, k)
-        ys = expert_swiglu_grouped(xs, experts, group_sizes, backend, activation, xs_up, h_scale)
+        ys, computed = grouped_in_chunks(
+            lambda a, u, h, gs: expert_swiglu_grouped(a, experts, gs, backend, activation, u, h),
+            (xs, xs_up, h_scale), group_sizes, chunk_rows)
     y_slots = permute_rows(ys, inv_order, order).reshape(t, k, d)
-    return _combine_slots(y_slots, routing, x.dtype), {"dropped_frac": jnp.float32(0.0)}
+    stats = {"dropped_frac": jnp.float32(0.0)}
+    if routing.valid is not None:
+        stats.update(computed_rows=computed, buffer_rows=jnp.int32(t * k))
+    return _combine_slots(y_slots, routing, x.dtype), stats
 
 
 def expert_capacity(num_tokens: int, k: int, num_experts: int, capacity_factor: float) -> int:

@@ -62,6 +62,14 @@ def init_moe(key, embed_dim: int, cfg: MoEConfig, std: float = 0.02) -> dict:
     return p
 
 
+def router_jitter(x: jax.Array, rng: jax.Array, eps: float) -> jax.Array:
+    """Switch-Transformer / Mixtral router jitter: ``x [T, embed]`` times multiplicative
+    uniform noise in ``[1 - eps, 1 + eps]`` (drawn per element). Only the router reads the
+    jittered input; the experts compute on ``x`` itself."""
+    noise = jax.random.uniform(rng, x.shape, jnp.float32, 1.0 - eps, 1.0 + eps)
+    return (x.astype(jnp.float32) * noise).astype(x.dtype)
+
+
 def compressed_split(routing: Routing, cfg: MoEConfig, compressed: dict):
     """Compressed experts: the first ``k - n`` routed experts are computed; the last ``n``
     ("auxiliary") are not. Their IA3 triples are averaged with their routing weights
@@ -76,6 +84,26 @@ def compressed_split(routing: Routing, cfg: MoEConfig, compressed: dict):
     main = routing.replace(expert_ids=routing.expert_ids[:, :k - n], weights=routing.weights[:, :k - n],
                            valid=None if routing.valid is None else routing.valid[:, :k - n])
     return main, ia3
+
+
+def with_compressed_vectors(params):
+    """A copy of ``params`` (any model's tree) in which every MoE layer -- a mapping that
+    holds ``experts`` -- without IA3 vectors gets them, all ones (``e_gate``/``e_up``
+    ``[..., experts, embed]``, ``e_down [..., experts, expert_ffn]``; leading stacked-layer
+    axes kept). With ones the compressed path starts as the plain layer restricted to each
+    token's first ``k - n`` experts: fine-tune a pretrained model into compressed experts."""
+    if isinstance(params, dict):
+        out = {k: with_compressed_vectors(v) for k, v in params.items()}
+        experts = params.get("experts")
+        if isinstance(experts, dict) and "gate" in experts and "compressed" not in params:
+            gate, down = experts["gate"], experts["down"]
+            out["compressed"] = {"e_gate": jnp.ones(gate.shape[:-1], gate.dtype),
+                                 "e_up": jnp.ones(gate.shape[:-1], gate.dtype),
+                                 "e_down": jnp.ones(down.shape[:-1], down.dtype)}
+        return out
+    if isinstance(params, (list, tuple)):
+        return type(params)(with_compressed_vectors(v) for v in params)
+    return params
 
 
 def aux_losses(routing: Routing, cfg: MoEConfig, batch_shape: tuple[int, int],
@@ -123,20 +151,25 @@ def moe(params, x: jax.Array, cfg: MoEConfig, *, inputs: RouterInputs | None = N
     router losses), ``balance_loss``/``z_loss``/``dynamic_loss`` (unweighted), ``load
     [experts]`` (fraction of assignments per expert), ``dropped_frac``, ``expert_ids
     [batch*seq, k]``, ``expert_weights [batch*seq, k]``, ``expert_valid [batch*seq, k]``,
-    ``active_experts`` (mean experts per token) and, if ``inputs.return_probs``, ``probs
+    ``active_experts`` (mean experts per token), for variable experts per token
+    ``computed_rows`` (rows the grouped matmuls computed) and, if ``inputs.return_probs``, ``probs
     [batch*seq, experts]``.
 
     ``inputs``: this layer's router inputs (``expert_mask``/``force_mask [experts]``, ``rng``,
     ``rank_select``, ``weight_override [batch*seq, experts]`` with ``override_mask
     [batch*seq]``, ``pregate_logits [batch*seq, experts]``, ``return_probs``); an input the
-    router does not take is a ValueError. ``routing`` bypasses the router (tests, routing
+    router does not take is a ValueError. ``jitter_rng`` (training) multiplies the router's
+    input by uniform noise in ``[1 - router_jitter, 1 + router_jitter]``. ``routing`` bypasses the router (tests, routing
     computed outside the layer); ``dispatch`` overrides ``cfg.dispatch``.
     """
     b, s, d = x.shape
     xt = x.reshape(b * s, d)
     inputs = RouterInputs() if inputs is None else inputs
     if routing is None:
-        routing = get_router(cfg.router).route_layer(params, xt, cfg, inputs, (b, s))
+        x_route = xt
+        if cfg.router_jitter and inputs.jitter_rng is not None:  # training only: the router sees jittered inputs
+            x_route = router_jitter(xt, inputs.jitter_rng, cfg.router_jitter)
+        routing = get_router(cfg.router).route_layer(params, x_route, cfg, inputs.replace(jitter_rng=None), (b, s))
     full_routing = routing
     ia3 = None
     if cfg.num_compressed_experts and inputs.rank_select is None:
@@ -149,6 +182,10 @@ def moe(params, x: jax.Array, cfg: MoEConfig, *, inputs: RouterInputs | None = N
     extra = {} if ia3 is None else {"ia3": ia3}
     if cfg.expert_activation != "silu":
         extra["activation"] = cfg.expert_activation
+    if routing.valid is not None and routing.expert_ids.shape[1] > cfg.experts_per_token:
+        # variable experts per token: the grouped matmuls run in chunks of T * experts_per_token
+        # sorted rows, and a chunk past the valid assignments is skipped (costs nothing)
+        extra["chunk_rows"] = b * s * cfg.experts_per_token
     ep_out = None
     if ia3 is None:  # expert parallelism under a multi-device mesh (jaxmoe.parallel.sharding.use_mesh)
         ep_out = expert_parallel.maybe_expert_parallel(x, routing, params["experts"], cfg, engine_name,
@@ -169,6 +206,8 @@ def moe(params, x: jax.Array, cfg: MoEConfig, *, inputs: RouterInputs | None = N
     counts = losses.expert_counts(routing.expert_ids, cfg.num_experts, routing.valid)
     aux["load"] = counts / jnp.maximum(counts.sum(), 1.0)
     aux["dropped_frac"] = stats["dropped_frac"]
+    if "computed_rows" in stats:  # rows the grouped matmuls computed (and the rows the buffer holds)
+        aux["computed_rows"] = stats["computed_rows"]
     aux["expert_ids"] = routing.expert_ids
     valid = routing.valid if routing.valid is not None else jnp.ones(routing.expert_ids.shape, jnp.bool_)
     aux["expert_weights"] = routing.weights

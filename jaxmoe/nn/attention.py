@@ -1,4 +1,4 @@
-"""Causal grouped-KV self-attention with RoPE and a KV cache.
+"""Causal grouped-KV self-attention with RoPE (on all or part of each head) and a KV cache.
 
 Params (logical axes in brackets)::
 
@@ -13,6 +13,15 @@ The cache of one layer is ``{"k": [batch, max_len, kv_heads, head_dim], "v": ...
 With a cache, the new keys/values are written at ``cache_index`` and the queries attend
 to every cached position ``<=`` their own; this one path serves prefill (many tokens at
 index 0) and decode (one token at index t).
+
+RoPE rotates every head dim by default; ``rope_dims=r`` rotates only the first ``r`` dims of
+each head (rotate-half layout within them) and leaves the rest without position, as
+Moirai-MoE does with half of each head.
+
+Without a cache the kernel is chosen by :func:`select_implementation` (cuDNN flash attention
+on GPU for half-precision training and prefill, XLA otherwise) and :func:`causal_attention`
+runs it, falling back to XLA when cuDNN refuses a shape or dtype; every attention variant
+(:mod:`jaxmoe.nn.mla` too) goes through that one helper.
 """
 
 from __future__ import annotations
@@ -76,7 +85,10 @@ def _platform() -> str:
     return jax.default_backend()
 
 
-def _choose_impl(requested: str, dtype, has_cache: bool) -> str | None:
+def select_implementation(requested: str, dtype, has_cache: bool = False) -> str | None:
+    """``jax.nn.dot_product_attention``'s ``implementation`` for ``attention_impl``
+    ``requested`` (auto/xla/cudnn): auto picks cuDNN flash attention on GPU for bf16/fp16
+    without a cache, XLA (None) otherwise."""
     if requested == "xla":
         return None
     if requested == "cudnn":
@@ -87,9 +99,34 @@ def _choose_impl(requested: str, dtype, has_cache: bool) -> str | None:
     return None
 
 
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, impl: str = "auto") -> jax.Array:
+    """Causal ``dot_product_attention`` of ``q [batch, seq, heads, d]`` over ``k, v [batch,
+    seq, kv_heads, d]`` with the kernel :func:`select_implementation` picks for ``impl``;
+    when cuDNN is unavailable for this shape/dtype the XLA kernel runs instead."""
+    implementation = select_implementation(impl, q.dtype, False)
+    try:
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=implementation)
+    except Exception:  # cuDNN unavailable for this shape/dtype: fall back to XLA
+        if implementation is None:
+            raise
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
+
+
+def rope_part(x: jax.Array, positions: jax.Array, theta: float, scaling: RopeScaling | None = None,
+              rope_dims: int | None = None) -> jax.Array:
+    """RoPE on the first ``rope_dims`` dims of each head of ``x [batch, seq, heads, head_dim]``
+    (None: all of them); the other dims pass through unchanged."""
+    if rope_dims is None or rope_dims == x.shape[-1]:
+        return apply_rope(x, positions, theta, scaling)
+    if rope_dims == 0:
+        return x
+    return jnp.concatenate([apply_rope(x[..., :rope_dims], positions, theta, scaling), x[..., rope_dims:]], axis=-1)
+
+
 def attention(params, x: jax.Array, positions: jax.Array, *, rope_theta: float = 10000.0,
               norm_eps: float = 1e-6, cache: dict | None = None, cache_index: jax.Array | None = None,
-              impl: str = "auto", rope_scaling: RopeScaling | None = None) -> tuple[jax.Array, dict | None]:
+              impl: str = "auto", rope_scaling: RopeScaling | None = None,
+              rope_dims: int | None = None) -> tuple[jax.Array, dict | None]:
     """Causal self-attention.
 
     Args:
@@ -98,6 +135,7 @@ def attention(params, x: jax.Array, positions: jax.Array, *, rope_theta: float =
         scalar, where ``x``'s first token goes in the cache.
       rope_scaling: YaRN (:class:`~jaxmoe.nn.rope.RopeScaling`): rescaled frequencies and
         the attention factor on cos/sin (the softmax scale stays ``1/sqrt(head_dim)``).
+      rope_dims: RoPE on the first ``rope_dims`` (even) dims of each head only; None: all.
     Returns ``(y [batch, seq, embed], updated cache or None)``.
     """
     q = _project(params["q"], x)
@@ -106,19 +144,13 @@ def attention(params, x: jax.Array, positions: jax.Array, *, rope_theta: float =
     if "q_norm" in params:
         q = _qk_norm(params["q_norm"], q, norm_eps)
         k = _qk_norm(params["k_norm"], k, norm_eps)
-    q = apply_rope(q, positions, rope_theta, rope_scaling)
-    k = apply_rope(k, positions, rope_theta, rope_scaling)
+    q = rope_part(q, positions, rope_theta, rope_scaling, rope_dims)
+    k = rope_part(k, positions, rope_theta, rope_scaling, rope_dims)
     head_dim = q.shape[-1]
     scale = 1.0 / float(head_dim) ** 0.5
     new_cache = None
     if cache is None:
-        implementation = _choose_impl(impl, x.dtype, False)
-        try:
-            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=implementation)
-        except Exception:  # cuDNN unavailable for this shape/dtype: fall back to XLA
-            if implementation is None:
-                raise
-            out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)
+        out = causal_attention(q, k, v, scale=scale, impl=impl)
     else:
         idx = jnp.asarray(cache_index, jnp.int32)
         ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, idx, 0, 0))

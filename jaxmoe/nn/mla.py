@@ -35,6 +35,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxmoe.nn.attention import causal_attention
 from jaxmoe.nn.init import normal, param, split
 from jaxmoe.nn.layers import init_rmsnorm, rmsnorm
 from jaxmoe.nn.rope import RopeScaling, apply_rope, softmax_scale_factor
@@ -91,8 +92,6 @@ def mla(params, x: jax.Array, positions: jax.Array, *, rope_theta: float = 10000
         the softmax scale.
     Returns ``(y [batch, seq, embed], updated cache or None)``.
     """
-    from jaxmoe.nn.attention import _choose_impl
-
     dt = x.dtype
     kv_lora = params["kv_a_norm"]["scale"].shape[0]
     rope = params["kv_a"]["kernel"].shape[-1] - kv_lora
@@ -116,15 +115,7 @@ def mla(params, x: jax.Array, positions: jax.Array, *, rope_theta: float = 10000
         vd, qkd = v.shape[-1], qf.shape[-1]
         d = max(vd, qkd)  # dot_product_attention wants one head dim: zero-pad (scores are unchanged)
         pad = lambda t, n: jnp.pad(t, ((0, 0), (0, 0), (0, 0), (0, d - n))) if d > n else t
-        implementation = _choose_impl(impl, dt, False)
-        try:
-            out = jax.nn.dot_product_attention(pad(qf, qkd), pad(kf, qkd), pad(v, vd), scale=scale, is_causal=True,
-                                               implementation=implementation)
-        except Exception:  # cuDNN unavailable for this shape/dtype: fall back to XLA
-            if implementation is None:
-                raise
-            out = jax.nn.dot_product_attention(pad(qf, qkd), pad(kf, qkd), pad(v, vd), scale=scale, is_causal=True)
-        out = out[..., :vd]
+        out = causal_attention(pad(qf, qkd), pad(kf, qkd), pad(v, vd), scale=scale, impl=impl)[..., :vd]
     else:
         idx = jnp.asarray(cache_index, jnp.int32)
         cc = jax.lax.dynamic_update_slice(cache["c_kv"], c_kv.astype(cache["c_kv"].dtype), (0, idx, 0))

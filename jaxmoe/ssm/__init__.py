@@ -54,6 +54,7 @@ from jaxmoe.ssm.lssl import discretize_lssl, init_lssl, init_lssl_state, lssl_ke
 from jaxmoe.ssm.mamba import MambaConfig, init_mamba, init_mamba_state, mamba_step, selective_scan
 from jaxmoe.ssm.scan import (
     causal_conv_fft,
+    check_layer_input,
     diagonal_combine,
     krylov,
     linear_recurrence,
@@ -69,6 +70,7 @@ __all__ = [
     "krylov",
     "causal_conv_fft",
     "lti_ssm",
+    "check_layer_input",
     # hippo
     "hippo_legs",
     "hippo_legt",

@@ -37,7 +37,7 @@ import numpy as np
 from jax import lax
 
 from jaxmoe.nn.init import normal, param, split, unbox, zeros
-from jaxmoe.ssm.scan import causal_conv_fft, krylov, lti_ssm
+from jaxmoe.ssm.scan import causal_conv_fft, check_layer_input, krylov, lti_ssm
 
 COMPANION_MODES = ("conv", "scan", "assoc")
 ROLLOUTS = ("scan", "power")
@@ -101,13 +101,6 @@ def companion_kernel(
     return jnp.einsum("hln,hn->lh", krylov(a, b, length), c if readout == "c" else k)
 
 
-def _check_input(params: dict, u: jax.Array, name: str, ndim: int):
-    h = params["D"].shape[0]
-    if u.ndim != ndim or u.shape[-1] != h:
-        want = "[batch, seq, embed]" if ndim == 3 else "[batch, embed]"
-        raise ValueError(f"{name}: input must be {want} with embed={h}, got shape {u.shape}.")
-
-
 def companion_ssm(
     params: dict,
     u: jax.Array,
@@ -134,7 +127,7 @@ def companion_ssm(
     if mode not in COMPANION_MODES:
         raise ValueError(f"companion_ssm: mode must be one of {COMPANION_MODES}, got {mode!r}.")
     params = unbox(params)
-    _check_input(params, u, "companion_ssm", 3)
+    check_layer_input(u, params["D"].shape[0], "companion_ssm", 3)
     a, b, c, _, d = _matrices(params, normalize_a)
     h0 = None if state is None else state["ssm"].astype(jnp.float32)
     y, last = lti_ssm(a, b, c, d, u.astype(jnp.float32), mode=mode, h0=h0)
@@ -145,7 +138,7 @@ def companion_ssm(
 def companion_step(params: dict, u_t: jax.Array, state: dict, *, normalize_a: bool = False):
     """One open-loop step: ``u_t [batch, embed]`` -> ``(y_t [batch, embed], new_state)``."""
     params = unbox(params)
-    _check_input(params, u_t, "companion_step", 2)
+    check_layer_input(u_t, params["D"].shape[0], "companion_step", 2)
     a, b, c, _, d = _matrices(params, normalize_a)
     u32 = u_t.astype(jnp.float32)
     x = jnp.einsum("hnm,bhm->bhn", a, state["ssm"].astype(jnp.float32)) + b * u32[..., None]

@@ -44,7 +44,7 @@ from jaxmoe.ssm.hippo import (
     discretize_diagonal_zoh,
     log_uniform_dt_init,
 )
-from jaxmoe.ssm.scan import causal_conv_fft, linear_recurrence
+from jaxmoe.ssm.scan import causal_conv_fft, check_layer_input, linear_recurrence
 
 DIAGONAL_MODES = ("assoc", "scan", "conv")
 DIAGONAL_DISCRETIZATIONS = ("zoh", "bilinear")
@@ -147,13 +147,6 @@ def _states(lam_bar, bu, h0, *, mode, chunk_size, reverse):
     return jnp.flip(xs, 1) if reverse else xs
 
 
-def _check_input(params: dict, x: jax.Array, name: str, ndim: int):
-    h = params["D"].shape[0]
-    if x.ndim != ndim or x.shape[-1] != h:
-        want = "[batch, seq, embed]" if ndim == 3 else "[batch, embed]"
-        raise ValueError(f"{name}: input must be {want} with embed={h}, got shape {x.shape}.")
-
-
 def diagonal_ssm(
     params: dict,
     x: jax.Array,
@@ -182,7 +175,7 @@ def diagonal_ssm(
     if mode not in DIAGONAL_MODES:
         raise ValueError(f"diagonal_ssm: mode must be one of {DIAGONAL_MODES}, got {mode!r}.")
     params = unbox(params)
-    _check_input(params, x, "diagonal_ssm", 3)
+    check_layer_input(x, params["D"].shape[0], "diagonal_ssm", 3)
     bidirectional = is_bidirectional(params)
     if bidirectional and (state is not None or return_state):
         raise ValueError("diagonal_ssm: a bidirectional SSM has no causal state; drop state/return_state.")
@@ -212,7 +205,7 @@ def diagonal_ssm_step(params: dict, x_t: jax.Array, state: dict, *, discretizati
     ``state = {"ssm": [batch, state] complex64}`` (see :func:`init_diagonal_ssm_state`).
     """
     params = unbox(params)
-    _check_input(params, x_t, "diagonal_ssm_step", 2)
+    check_layer_input(x_t, params["D"].shape[0], "diagonal_ssm_step", 2)
     if is_bidirectional(params):
         raise ValueError("diagonal_ssm_step: a bidirectional SSM cannot be decoded step by step.")
     lam_bar, b_bar = discretize_diagonal_ssm(params, discretization)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from jaxmoe.nn.init import fan_in_normal, normal, ones, param, split, unbox, zeros
 from jaxmoe.ssm.hippo import MEASURES, array_init, discretize, hippo_matrices, log_uniform_dt_init
-from jaxmoe.ssm.scan import krylov, lti_ssm
+from jaxmoe.ssm.scan import check_layer_input, krylov, lti_ssm
 
 A_MODES = ("fixed", "shared", "per_feature")
 LSSL_MODES = ("recurrent", "convolution", "parallel")
@@ -140,13 +140,6 @@ def lssl_kernel(params: dict, length: int, *, measure: str = "legs", discretizat
     return jnp.einsum("hln,hn->lh", powers, params["C"].astype(jnp.float32))
 
 
-def _check_input(u: jax.Array, params: dict, name: str, ndim: int):
-    h = params["C"].shape[0]
-    if u.ndim != ndim or u.shape[-1] != h:
-        want = "[batch, seq, embed]" if ndim == 3 else "[batch, embed]"
-        raise ValueError(f"{name}: input must be {want} with embed={h}, got shape {u.shape}.")
-
-
 def lssl_ssm(
     params: dict,
     u: jax.Array,
@@ -170,7 +163,7 @@ def lssl_ssm(
     if mode not in LSSL_MODES:
         raise ValueError(f"lssl: mode must be one of {LSSL_MODES}, got {mode!r}.")
     params = unbox(params)
-    _check_input(u, params, "lssl", 3)
+    check_layer_input(u, params["C"].shape[0], "lssl", 3)
     u32 = u.astype(jnp.float32)
     batch, _, h = u.shape
     c = params["C"].astype(jnp.float32)
@@ -242,7 +235,7 @@ def lssl_step(
     ``state = {"ssm": [batch, embed, state]}`` (see :func:`init_lssl_state`).
     """
     params = unbox(params)
-    _check_input(u_t, params, "lssl_step", 2)
+    check_layer_input(u_t, params["C"].shape[0], "lssl_step", 2)
     a_bar, b_bar = discretize_lssl(params, measure=measure, discretization=discretization)
     u32 = u_t.astype(jnp.float32)
     x = jnp.einsum("hnm,bhm->bhn", a_bar, state["ssm"].astype(jnp.float32)) + b_bar * u32[..., None]

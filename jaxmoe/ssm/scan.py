@@ -14,6 +14,9 @@ chunks) and reverse-time recurrences.
 The convolutional view of a time-invariant SSM uses :func:`krylov` (the sequence
 ``b, A b, A^2 b, ...`` by repeated squaring, O(log L) matmuls) and
 :func:`causal_conv_fft` (causal convolution by FFT, zero padded so nothing wraps).
+
+:func:`check_layer_input` is the one shape check of every layer's input (``[batch, seq,
+embed]`` for a sequence, ``[batch, embed]`` for one decode step).
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ import jax.numpy as jnp
 from jax import lax
 
 RECURRENCE_MODES = ("assoc", "scan")
+
+
+def check_layer_input(x: jax.Array, embed_dim: int, name: str, ndim: int) -> None:
+    """Raise a one-line ValueError unless ``x`` is ``[batch, seq, embed_dim]`` (``ndim`` 3)
+    or ``[batch, embed_dim]`` (``ndim`` 2); ``name`` is the layer function's name."""
+    if x.ndim != ndim or x.shape[-1] != embed_dim:
+        want = "[batch, seq, embed]" if ndim == 3 else "[batch, embed]"
+        raise ValueError(f"{name}: input must be {want} with embed={embed_dim}, got shape {x.shape}.")
 
 
 def _matvec(a: jax.Array, h: jax.Array) -> jax.Array:

@@ -16,6 +16,11 @@ Kinds:
     SIGKILL while the checkpoint of step N is being written: orbax has created the
     temporary directory ``checkpoints/N.orbax-checkpoint-tmp-*`` and written items into it,
     but not committed (renamed) it.
+``fail_during_save@N``
+    the checkpoint of step N fails part way through writing its arrays, as on a full disk:
+    the first arrays reach ``checkpoints/N.orbax-checkpoint-tmp-*``, then the next array
+    write raises ``OSError(ENOSPC)``. Nothing is committed; ``jaxmoe train`` stops with a
+    one-line error naming the previous (intact) checkpoint, which ``--resume`` uses.
 ``nan@N``
     the batch of step N holds NaN in every floating-point array (for a token-only language
     model batch an all-ones ``mask`` is added to every batch while a ``nan`` fault is armed,
@@ -28,6 +33,7 @@ the checkpoint manager gets its default options).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
 import signal
@@ -37,7 +43,7 @@ import numpy as np
 from jaxmoe.config import ConfigError
 
 ENV = "JAXMOE_FAULT"
-KINDS = ("sigterm", "sigint", "sigkill", "sigkill_during_save", "nan")
+KINDS = ("sigterm", "sigint", "sigkill", "sigkill_during_save", "fail_during_save", "nan")
 
 
 from jaxmoe.errors import FaultSpecError  # noqa: E402,F401  (re-exported)
@@ -108,9 +114,37 @@ def _is_float(v) -> bool:
     return np.issubdtype(np.asarray(v).dtype, np.floating)
 
 
+def fail_array_writes(steps, after: int = 2) -> None:
+    """Make orbax's array writes into the temporary directory of a checkpoint of ``steps``
+    fail like a full disk: ``after`` arrays are written, the next write raises
+    ``OSError(ENOSPC)``. Patches orbax's ``async_serialize_from_host`` in this process (the
+    ``fail_during_save`` fault; tests call it directly under ``monkeypatch``)."""
+    from orbax.checkpoint._src.serialization import serialization
+
+    pattern = re.compile(r"(^|/)(%s)\.orbax-checkpoint-tmp" % "|".join(str(s) for s in sorted(steps)))
+    real = getattr(serialization.async_serialize_from_host, "_jaxmoe_real", serialization.async_serialize_from_host)
+    written: dict[str, int] = {}
+
+    async def failing(rslices_on_host, tensorstore_spec, *args, **kwargs):
+        match = pattern.search(str(tensorstore_spec))
+        if match:
+            key = match.group(2)
+            written[key] = written.get(key, 0) + 1
+            if written[key] > after:
+                raise OSError(errno.ENOSPC, "No space left on device (injected by JAXMOE_FAULT=fail_during_save)")
+        return await real(rslices_on_host, tensorstore_spec, *args, **kwargs)
+
+    failing._jaxmoe_real = real
+    serialization.async_serialize_from_host = failing
+
+
 def manager_options() -> dict:
-    """Extra ``CheckpointManagerOptions`` for ``sigkill_during_save`` faults (else ``{}``)."""
-    steps = _steps(parse_faults(os.environ.get(ENV)), "sigkill_during_save")
+    """Extra ``CheckpointManagerOptions`` for ``sigkill_during_save`` faults (else ``{}``);
+    arms ``fail_during_save`` faults (a patch of orbax's array writes)."""
+    faults = parse_faults(os.environ.get(ENV))
+    if _steps(faults, "fail_during_save"):
+        fail_array_writes(_steps(faults, "fail_during_save"))
+    steps = _steps(faults, "sigkill_during_save")
     if not steps:
         return {}
     from orbax.checkpoint.path import atomicity

@@ -68,7 +68,10 @@ class _StopRequest:
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
+    if enabled:
+        from tqdm.auto import tqdm
+    else:  # tqdm.auto would warn in a notebook without ipywidgets even for a bar it never shows
+        from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step")
 
@@ -141,22 +144,56 @@ def _compiled_steps(model_cfg, train_cfg, mesh_cfg=None, mesh=None):
     task = make_task(cfg, with_data=False)
     tx = make_optimizer(train_cfg)
     if mesh is None:
-        step = jax.jit(make_train_step(task.loss_fn, tx, learning_rate_schedule(train_cfg)), donate_argnums=0)
+        step = jax.jit(make_train_step(task.loss_fn, tx, learning_rate_schedule(train_cfg), task.post_update),
+                       donate_argnums=0)
         return step, jax.jit(make_eval_step(task.loss_fn)), None
     state_sh = train_state_shardings(cfg, mesh, task)
-    step = jax.jit(_under_mesh(make_train_step(task.loss_fn, tx, learning_rate_schedule(train_cfg)), mesh, mesh_cfg),
+    step = jax.jit(_under_mesh(make_train_step(task.loss_fn, tx, learning_rate_schedule(train_cfg), task.post_update),
+                               mesh, mesh_cfg),
                    out_shardings=(state_sh, shard_lib.replicated(mesh)), donate_argnums=0)
     eval_jit = jax.jit(_under_mesh(make_eval_step(task.loss_fn), mesh, mesh_cfg))
     return step, eval_jit, state_sh
 
 
-def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict], dict] | None = None) -> dict:
+def _data_shape_change(meta: dict, saved: Config, cfg: Config) -> list[str]:
+    """``train.batch_size`` / ``data.seq_len`` changes since the checkpoint (its meta, else the
+    run's saved config), as ``"name (old -> new)"``."""
+    old = {"train.batch_size": meta.get("batch_size", saved.train.batch_size),
+           "data.seq_len": meta.get("seq_len", saved.data.seq_len)}
+    new = {"train.batch_size": cfg.train.batch_size, "data.seq_len": cfg.data.seq_len}
+    return [f"{k} ({old[k]} -> {new[k]})" for k in old if old[k] != new[k]]
+
+
+def _rescaled_data_state(data_state, old_tokens_per_batch: int, new_tokens_per_batch: int):
+    """A grain position (``{"next_index": batches}``) moved to the first batch of the new
+    shape that starts after the tokens already seen (other states are kept)."""
+    if isinstance(data_state, dict) and set(data_state) == {"next_index"} and isinstance(data_state["next_index"], int):
+        seen = data_state["next_index"] * old_tokens_per_batch
+        return {"next_index": -(-seen // max(new_tokens_per_batch, 1))}
+    return data_state
+
+
+def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict], dict] | None = None,
+          force: bool = False, allow_data_change: bool = False) -> dict:
     """Train according to ``cfg``; returns a summary dict (also written to summary.json).
 
+    ``train.output_dir`` must be new, empty or a jaxmoe run directory (``force=True``: any
+    directory). ``resume=True`` continues from the newest intact checkpoint there (a damaged
+    newer one is set aside as ``checkpoints/<step>.damaged``, never deleted); a changed
+    ``train.batch_size`` or ``data.seq_len`` is refused unless ``allow_data_change`` (the
+    running token count stays right either way); a run that already reached
+    ``train.steps`` is left untouched (``summary["finished_already"]``).
     ``batch_hook(step, batch) -> batch`` lets tests inject faults (e.g. a NaN batch).
     """
+    from jaxmoe import validate
+
     tcfg = cfg.train
     run_dir = Path(tcfg.output_dir)
+    validate.train_steps(tcfg.steps)
+    validate.data_path(cfg.data.path)
+    validate.run_output_dir(run_dir, force=force)
+    if cfg.model.family == "lm":
+        validate.tokenizer_spec(cfg.data.tokenizer)
     faults = FaultInjector.from_env()  # testing aid (JAXMOE_FAULT); inert when unset
     # Validate all input before anything is written: user time series, then the data
     # pipelines, then the mesh. The run directory is created only once the state exists.
@@ -176,9 +213,8 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
     if latest is not None and not resume:
         raise TrainingError(f"{run_dir} already holds checkpoints (latest step {latest}); pass --resume to continue "
                             "or choose another train.output_dir.")
-    if manager is not None:  # resuming, or nothing complete here: partial saves of a killed run go
-        ckpt_io.remove_partial(run_dir)
     spikes = SpikeDetector(tcfg.spike_factor)
+    tokens_start = 0  # tokens trained on before this run (running count kept in the checkpoint meta)
     if resume and latest is not None:
         saved = ckpt_io.load_run_config(run_dir)
         diffs = ckpt_io.config_differences(saved, cfg, sections=("model",))
@@ -186,21 +222,54 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
             raise ckpt_io.CheckpointError(f"the checkpoint in {run_dir} was made with another model config: "
                                           f"{'; '.join(diffs)}.")
         target = {"params": ckpt_io.abstract_params(cfg)}
-        diffs = ckpt_io.checkpoint_mismatch(manager, latest, cfg, target)  # e.g. checkpoints copied from elsewhere
-        if diffs:
-            raise ckpt_io.CheckpointError(f"checkpoint {latest} in {run_dir} was made with another model config: "
-                                          f"{ckpt_io.mismatch_message(diffs)}.")
-        # straight into this run's shardings (the checkpoint may come from another mesh)
-        state, data_state, meta = ckpt.restore_train_state(manager, cfg, task, tx, state_sh, latest)
+
+        def read(step_no: int):
+            diffs = ckpt_io.checkpoint_mismatch(manager, step_no, cfg, target)  # e.g. checkpoints copied from elsewhere
+            if diffs:
+                raise ckpt_io.CheckpointError(f"checkpoint {step_no} in {run_dir} was made with another model config: "
+                                              f"{ckpt_io.mismatch_message(diffs)}.")
+            # straight into this run's shardings (the checkpoint may come from another mesh)
+            return ckpt.restore_train_state(manager, cfg, task, tx, state_sh, step_no)
+
+        (state, data_state, meta), used, damaged = ckpt_io.restore_newest_intact(manager, read, announce=False)
+        meta = meta if isinstance(meta, dict) else {}
+        changed = _data_shape_change(meta, saved, cfg)
+        if changed and not allow_data_change:
+            raise TrainingError(f"the checkpoint in {run_dir} was trained with other batch shapes: {', '.join(changed)}; "
+                                "the data position and token counts would no longer match. Keep the old values, or "
+                                "pass --allow-data-change to continue with the new ones.")
+        old_tokens_per_batch = (meta.get("batch_size", saved.train.batch_size)
+                                * meta.get("seq_len", saved.data.seq_len))
+        tokens_start = int(meta.get("tokens", int(state.step) * old_tokens_per_batch))
+        if int(state.step) >= tcfg.steps:
+            message = (f"run {run_dir} already reached step {int(state.step)} (train.steps={tcfg.steps}): nothing to "
+                       f"train and nothing changed; pass train.steps=N with N > {int(state.step)} to train further.")
+            if damaged:
+                message = f"{ckpt_io.fallback_message(damaged, used)}; {message}"
+            log.warning("%s", message)
+            manager.close()
+            return {"run_dir": str(run_dir.absolute()), "finished_already": True, "message": message,
+                    "start_step": int(state.step), "steps": int(state.step), "tokens": tokens_start}
+        if damaged:  # set aside before a later save reuses the step number; kept, never deleted
+            kept = ckpt_io.set_aside_damaged(run_dir, [d.step for d in damaged])
+            manager.reload()
+            log.warning("%s", ckpt_io.fallback_message(damaged, used, kept))
+        ckpt_io.remove_partial(run_dir)  # partial saves of a killed run go
+        if changed:
+            log.warning("continuing with changed batch shapes (%s): the data position is moved to the first batch "
+                        "after the %d tokens already seen", ", ".join(changed), tokens_start)
+            data_state = _rescaled_data_state(data_state, old_tokens_per_batch, task.tokens_per_batch)
         if data_state:
             train_iter.set_state(data_state)
         else:
             log.info("checkpoint %d holds no data-iterator position (an imported model): the data iterator "
-                     "starts fresh", latest)
-        spikes = SpikeDetector(tcfg.spike_factor, history=(meta or {}).get("loss_window", ()))
+                     "starts fresh", used)
+        spikes = SpikeDetector(tcfg.spike_factor, history=meta.get("loss_window", ()))
         truncate_after_step(run_dir / "metrics.jsonl", int(state.step))
         log.info("resumed from step %d", int(state.step))
     else:
+        if manager is not None:  # nothing complete here: partial saves of a killed run go
+            ckpt_io.remove_partial(run_dir)
         if resume:
             log.warning("no checkpoint in %s: starting from scratch", run_dir)
         # created directly sharded: every device builds only its own shards
@@ -242,7 +311,9 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
             return
         ckpt.save(manager, step_no, state, train_iter.get_state(),
                   {"step": step_no, "time": time.time(), "family": cfg.model.family,
-                   "model": to_dict(cfg.model), "loss_window": spikes.state()})
+                   "model": to_dict(cfg.model), "loss_window": spikes.state(),
+                   "tokens": tokens_start + (step_no - start) * task.tokens_per_batch,
+                   "batch_size": tcfg.batch_size, "seq_len": cfg.data.seq_len})
         last_saved = step_no
 
     try:
@@ -341,7 +412,7 @@ def train(cfg: Config, *, resume: bool = False, batch_hook: Callable[[int, dict]
     losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
     summary.update({
         "steps": final_step,
-        "tokens": final_step * task.tokens_per_batch,
+        "tokens": tokens_start + (final_step - start) * task.tokens_per_batch,
         "time_sec": time.perf_counter() - t0,
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,

@@ -67,16 +67,15 @@ def truncate_after_step(path: str | Path, step: int) -> None:
 
 
 def plot_training(records: list[dict], path: str | Path, title: str = "training") -> None:
-    """Loss (and eval loss) against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss (and eval loss) against step. Drawn on a standalone ``Figure``: pyplot's backend
+    (a notebook's inline plots) is left as it is."""
+    from matplotlib.figure import Figure
 
     steps = [r["step"] for r in records if "loss" in r and isinstance(r["loss"], (int, float))]
     loss = [r["loss"] for r in records if "loss" in r and isinstance(r["loss"], (int, float))]
     ev = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(steps, loss, label="train loss")
     if ev:
         ax.plot(*zip(*ev), "o-", label="eval loss")
@@ -86,18 +85,15 @@ def plot_training(records: list[dict], path: str | Path, title: str = "training"
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_expert_load(load: np.ndarray, path: str | Path, layer_ids=None, title: str = "expert load") -> None:
     """Heatmap of the fraction of assignments per (layer, expert); 1/E is perfect balance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     load = np.asarray(load)
-    fig, ax = plt.subplots(figsize=(max(4, load.shape[1] * 0.35 + 2), max(2.5, load.shape[0] * 0.35 + 1.5)))
+    fig = Figure(figsize=(max(4, load.shape[1] * 0.35 + 2), max(2.5, load.shape[0] * 0.35 + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(load * load.shape[1], aspect="auto", cmap="viridis")
     ax.set_xlabel("expert")
     ax.set_ylabel("MoE layer")
@@ -107,4 +103,3 @@ def plot_expert_load(load: np.ndarray, path: str | Path, layer_ids=None, title: 
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -12,8 +12,13 @@ from jaxmoe.train.optimizer import leaf_sumsq, safe_global_norm
 from jaxmoe.train.state import TrainState
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable | None = None):
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable | None = None,
+                    post_update: Callable | None = None):
     """``step(state, batch) -> (state, metrics)``.
+
+    ``post_update(params_before, params_after, metrics) -> params`` (the task's, optional)
+    runs after the optimizer update of a finite step: updates outside the optimizer, e.g.
+    a router's load-balancing bias from the step's expert load (no gradient flows into it).
 
     A step whose loss or global gradient norm is not finite (a NaN/inf leaf, or a norm past
     float32's range) is skipped: params and optimizer state are kept, ``metrics["skipped"] =
@@ -36,7 +41,10 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
             params, opt_state, grads = args
             updates, new_opt = tx.update(grads, opt_state, params)
             ratio = jnp.sqrt(jnp.sum(leaf_sumsq(updates)) / jnp.maximum(jnp.sum(leaf_sumsq(params)), 1e-24))
-            return optax.apply_updates(params, updates), new_opt, ratio
+            new_params = optax.apply_updates(params, updates)
+            if post_update is not None:
+                new_params = post_update(params, new_params, metrics)
+            return new_params, new_opt, ratio
 
         # a branch instead of a select per leaf: the update fuses into one pass over params and
         # optimizer state, and a skipped step costs nothing (no read of new and old states)
@@ -64,6 +72,9 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
 
 
 def make_eval_step(loss_fn: Callable):
+    """``step(params, batch) -> (loss, metrics)``: the loss function with ``rng=None`` (a
+    task may report another quantity in evaluation, e.g. a single stochastic pass)."""
+
     def step(params, batch):
         loss, metrics = loss_fn(params, batch, None)
         return loss, metrics

@@ -1,4 +1,7 @@
-"""Tasks: what the trainer needs from a model family (params, loss, data)."""
+"""Tasks: what the trainer needs from a model family (params, loss, data).
+
+The family's module gives init and loss; the data pipelines come from
+:func:`jaxmoe.data.pipelines.build` by the data kind the family's config declares."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-from jaxmoe.config import Config, ConfigError
+from jaxmoe.config import Config
+from jaxmoe.data.pipelines import build as build_pipelines
 from jaxmoe.models import get_model
 
 
@@ -18,34 +22,17 @@ class Task:
     train_pipeline: Any  # object with .iterator()
     eval_pipeline: Any | None
     tokens_per_batch: int
-
-
-def _text_pipelines(cfg: Config):
-    from jaxmoe.data.text import build_text_pipeline
-
-    common = dict(path=cfg.data.path, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len,
-                  batch_size=cfg.train.batch_size, seed=cfg.train.seed, eval_fraction=cfg.data.eval_fraction,
-                  text_field=cfg.data.text_field)
-    train = build_text_pipeline(split="train", shuffle=cfg.data.shuffle, **common)
-    if train.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"the tokenizer has {train.vocab_size} tokens but model.vocab_size is "
-                          f"{cfg.model.vocab_size}; set model.vocab_size>={train.vocab_size}.")
-    evalp = None
-    if cfg.data.eval_fraction > 0:
-        try:
-            evalp = build_text_pipeline(split="eval", shuffle=False, **common)
-        except ValueError:
-            evalp = None  # too little text for an eval batch: train without evaluation
-    return train, evalp
+    # (params_before, params_after, metrics) -> params after each train step (updates outside
+    # the optimizer, e.g. a router's balancing bias); None: nothing to do
+    post_update: Callable | None = None
 
 
 def make_task(cfg: Config, with_data: bool = True) -> Task:
     model = get_model(cfg.model.family)
     mcfg = cfg.model
     train = evalp = None
-    if with_data:
-        builder = getattr(model, "build_pipelines", None)
-        train, evalp = builder(cfg) if builder is not None else _text_pipelines(cfg)
+    if with_data:  # chosen by the family's declared data kind
+        train, evalp = build_pipelines(cfg)
     return Task(
         init=functools.partial(_init, model, mcfg),
         init_boxed=functools.partial(_init_boxed, model, mcfg),
@@ -53,6 +40,7 @@ def make_task(cfg: Config, with_data: bool = True) -> Task:
         train_pipeline=train,
         eval_pipeline=evalp,
         tokens_per_batch=cfg.train.batch_size * cfg.data.seq_len,
+        post_update=functools.partial(_post_update, model, mcfg) if hasattr(model, "post_update") else None,
     )
 
 
@@ -66,3 +54,7 @@ def _init_boxed(model, mcfg, key):
 
 def _loss(model, mcfg, params, batch, rng):
     return model.loss_fn(params, batch, mcfg, rng)
+
+
+def _post_update(model, mcfg, params_before, params_after, metrics):
+    return model.post_update(params_before, params_after, metrics, mcfg)

@@ -80,7 +80,11 @@ def test_router_hooks_are_where_the_model_finds_them():
     assert get_router("topp").loss_names == ("dynamic_loss",)
     moe_cfg = MoEConfig(num_experts=6, experts_per_token=2)
     assert get_router("topk").experts_used(moe_cfg) == (2, 2)
-    assert get_router("topp").experts_used(dataclasses.replace(moe_cfg, router="topp")) == (2, 6)
+    # top-p: at most 2 x experts_per_token by default (the slots per token), all with cap 0
+    topp_cfg = dataclasses.replace(moe_cfg, router="topp", router_options=TopPOptions())
+    assert get_router("topp").experts_used(topp_cfg) == (2, 4)
+    no_cap = dataclasses.replace(topp_cfg, router_options=TopPOptions(max_experts_per_token=0))
+    assert get_router("topp").experts_used(no_cap) == (2, 6)
     assert get_router("thor").experts_used(dataclasses.replace(moe_cfg, router="thor")) == (1, 1)
     assert get_router("topk").decode_rng(jax.random.PRNGKey(0), 3, moe_cfg) is None
     assert get_router("topk").decode_config(moe_cfg) is moe_cfg

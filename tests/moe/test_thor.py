@@ -103,6 +103,26 @@ def test_two_pass_loss(model):
     np.testing.assert_allclose(float(m1["ce_1"]), float(m1["ce_2"]), rtol=0)
 
 
+def test_single_pass_ce_beside_the_two_pass_loss_and_as_eval_loss(model):
+    """``ce`` is one stochastic pass (comparable with other routers); evaluation (rng=None,
+    the trainer's eval_loss) is one pass with the inference draw, not the two-pass sum."""
+    cfg, params = model
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 32, (2, 8)), jnp.int32)
+    loss_fn = jax.jit(lm.loss_fn, static_argnames="cfg")
+    loss, m = loss_fn(params, {"tokens": tokens}, cfg, jax.random.PRNGKey(5))
+    assert float(m["ce"]) == float(m["ce_1"]) and float(m["loss_two_pass"]) == float(loss)
+    np.testing.assert_allclose(float(m["ce_two_pass_mean"]), 0.5 * float(m["ce_1"] + m["ce_2"]), rtol=1e-6)
+    assert float(loss) > 1.9 * float(m["ce"])  # the training loss counts two passes
+    ev, em = loss_fn(params, {"tokens": tokens}, cfg, None)
+    inf = dataclasses.replace(cfg, moe=get_router("thor").decode_config(cfg.moe))
+    logits, _ = jax.jit(lm.apply, static_argnames="cfg")(params, tokens[:, :-1], inf,
+                                                         inputs=RouterInputs(rng=jax.random.PRNGKey(0)))
+    single = float(lm.cross_entropy(logits, tokens[:, 1:]))
+    np.testing.assert_allclose(float(ev), single, rtol=1e-6)
+    assert float(em["ce"]) == float(ev) and "ce_2" not in em
+    assert abs(float(ev) - float(m["ce"])) < 0.5 * float(m["ce"])  # same scale as a training pass's CE
+
+
 def test_random_inference_per_sequence(model):
     cfg, params = model
     seq_moe = dataclasses.replace(cfg.moe, router_options=ThorOptions(inference="sequence"))

@@ -1,6 +1,6 @@
 """Forecasting any horizon with a Time-MoE model (KV-cache autoregression inside jit).
 
-Procedure (``specs/time_moe.md``):
+Procedure (as the Time-MoE paper and its Hugging Face model forecast):
 
 1. **Missing values.** Points that are NaN/inf are never fed to the model. Leading missing
    points are dropped: series are grouped by the position of their first observation and
@@ -10,7 +10,9 @@ Procedure (``specs/time_moe.md``):
    (in normalised space), so the model always sees a gap-free series.
 2. **Normalisation.** Per series z-score over the observed context points (population
    std); when the std is 0 only the mean is subtracted. Forecasts are de-normalised with
-   the same statistics.
+   the same statistics. ``normalize=False`` skips both steps: the caller has normalised
+   the context already and gets the forecasts back in the same units (parity checks
+   against another implementation's normalisation).
 3. **Horizon schedule.** :func:`horizon_schedule`: at each pass use the largest head
    ``h <= remaining``; if even the smallest head is longer, use it and truncate
    (96 = 64 + 32, 6 = 6 x 1, 100 = 64 + 32 + 4 x 1 with heads 1/8/32/64).
@@ -19,7 +21,8 @@ Procedure (``specs/time_moe.md``):
    The whole schedule runs in one jitted function per (batch, context length, schedule).
    ``use_cache=False`` re-runs the full sequence each pass (the reference path for tests).
 
-Public API: :func:`horizon_schedule`, :func:`forecast`, :func:`forecast_normalized`.
+Public API: :func:`horizon_schedule`, :func:`forecast`, :func:`forecast_normalized`, and
+:class:`TimeMoEForecaster` (the :class:`~jaxmoe.decode.forecast.Forecaster` of the family).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmoe.config import Config
+from jaxmoe.decode.forecast.base import Forecaster
 from jaxmoe.models.time_moe import TimeMoEConfig
 
 
@@ -60,13 +64,18 @@ def _model_cfg(cfg) -> TimeMoEConfig:
     return cfg.model if isinstance(cfg, Config) else cfg
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "schedule", "horizon", "use_cache"))
-def _forecast_jit(params, values, mask, cfg: TimeMoEConfig, schedule: tuple[int, ...], horizon: int, use_cache: bool):
-    """``values, mask [b, L]`` -> ``(normalised, raw)`` forecasts ``[b, horizon]``."""
+@functools.partial(jax.jit, static_argnames=("cfg", "schedule", "horizon", "use_cache", "normalize"))
+def _forecast_jit(params, values, mask, cfg: TimeMoEConfig, schedule: tuple[int, ...], horizon: int, use_cache: bool,
+                  normalize: bool):
+    """``values, mask [b, L]`` -> ``(normalised, raw)`` forecasts ``[b, horizon]`` (the same
+    array twice without ``normalize``)."""
     from jaxmoe.models import time_moe as tm
 
     b, length = values.shape
-    normed, mean, std = tm.normalize(values, mask)
+    if normalize:
+        normed, mean, std = tm.normalize(values, mask)
+    else:  # the caller normalised the context
+        normed = jnp.where(mask > 0, values, 0.0)[..., None]
     x = tm.fill_missing(normed, mask)[..., 0]  # [b, L]
     head_index = {h: i for i, h in enumerate(cfg.horizons)}
     if use_cache:
@@ -79,6 +88,8 @@ def _forecast_jit(params, values, mask, cfg: TimeMoEConfig, schedule: tuple[int,
             preds.append(p)
             seq = jnp.concatenate([seq, p.astype(seq.dtype)], axis=1)
     out = jnp.concatenate(preds, axis=1)[:, :horizon]
+    if not normalize:
+        return out, out
     return out, out * std[..., 0] + mean[..., 0]
 
 
@@ -135,7 +146,8 @@ def _prepare(context) -> tuple[np.ndarray, bool]:
     return arr, squeeze
 
 
-def forecast(params, cfg, context, horizon: int, *, use_cache: bool = True, return_normalized: bool = False):
+def forecast(params, cfg, context, horizon: int, *, use_cache: bool = True, return_normalized: bool = False,
+             normalize: bool = True):
     """Forecast ``horizon`` steps after each row of ``context``.
 
     Args:
@@ -145,6 +157,8 @@ def forecast(params, cfg, context, horizon: int, *, use_cache: bool = True, retu
       horizon: number of future steps (>= 1).
       use_cache: KV-cache autoregression (True) or re-run the full sequence each pass.
       return_normalized: also return the forecasts in each series' normalised units.
+      normalize: z-normalise each context row (and de-normalise its forecasts); False: the
+        context is already normalised and the forecasts come back in the same units.
     Returns ``[batch, horizon]`` float64 forecasts on the original scale (``[horizon]`` for a
     1-D context), or ``(forecast, normalised)`` with ``return_normalized``.
     """
@@ -169,7 +183,7 @@ def forecast(params, cfg, context, horizon: int, *, use_cache: bool = True, retu
         m = np.isfinite(sub)
         vals = np.where(m, sub, 0.0).astype(np.float32)
         norm, raw = _forecast_jit(params, jnp.asarray(vals), jnp.asarray(m.astype(np.float32)), mcfg, schedule,
-                                  horizon, bool(use_cache))
+                                  horizon, bool(use_cache), bool(normalize))
         out[rows] = np.asarray(raw, dtype=np.float64)
         out_norm[rows] = np.asarray(norm, dtype=np.float64)
     if squeeze:
@@ -182,11 +196,16 @@ def forecast_normalized(params, cfg, context, horizon: int, *, use_cache: bool =
     return forecast(params, cfg, context, horizon, use_cache=use_cache, return_normalized=True)[1]
 
 
-def make_forecast_fn(params, cfg, *, use_cache: bool = True):
-    """``fn(context [batch, length], horizon) -> [batch, horizon]`` for
-    :func:`jaxmoe.eval.timeseries.evaluate_forecaster`."""
+class TimeMoEForecaster(Forecaster):
+    """Point forecasts of any horizon (:func:`forecast`); the context is the run's
+    ``data.seq_len`` by default, and any length works. ``normalize=False``: contexts are
+    already normalised and forecasts come back in the same units."""
 
-    def fn(context, horizon):
-        return forecast(params, cfg, context, horizon, use_cache=use_cache)
+    def __init__(self, cfg, params, *, use_cache: bool = True, normalize: bool = True):
+        super().__init__(cfg, params)
+        self.use_cache = bool(use_cache)
+        self.normalize = bool(normalize)
 
-    return fn
+    def predict(self, context, horizon: int) -> np.ndarray:
+        return forecast(self.params, self.model_cfg, self._context(context), self._horizon(horizon),
+                        use_cache=self.use_cache, normalize=self.normalize)

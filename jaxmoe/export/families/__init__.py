@@ -7,8 +7,9 @@ A family module exposes ``FAMILY``, an object with:
   when the jaxmoe config has no equivalent) and ``config_from_hf(hf: dict) -> Config``;
 * ``export_tensors(cfg, params, hf) -> iterator of (name, producer)`` (producer() returns
   one numpy tensor) and ``import_params(cfg, reader, hf) -> params`` (reader: a lazy
-  :class:`~jaxmoe.export.safetensors_io.SafetensorsReader`);
-* optionally ``count_active(model_cfg) -> (total, active)``.
+  :class:`~jaxmoe.export.safetensors_io.SafetensorsReader`).
+
+Parameter counts come from :func:`jaxmoe.models.param_counts` for every family.
 
 The decoder-LM families derive from :class:`~jaxmoe.export.families.common.LMFamily`.
 

@@ -501,17 +501,6 @@ class LMFamily:
                                   "(or holds NaN values).")
         return params
 
-    def count_active(self, cfg: LMConfig) -> tuple[int, int]:
-        """``(total, active per token)`` parameter counts of ``cfg``."""
-        from jaxmoe.models import lm
-
-        shapes = jax.eval_shape(lambda: lm.init(jax.random.PRNGKey(0), cfg))
-        total = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
-        moe_layers = sum(1 for _, f in layer_kinds(cfg) if f == "moe")
-        per_expert = 3 * cfg.embed_dim * cfg.moe.expert_ffn_dim
-        inactive = moe_layers * (cfg.moe.num_experts - cfg.moe.experts_per_token) * per_expert
-        return total, total - inactive
-
 
 def _get_path(tree, path, name):
     node = tree

@@ -13,6 +13,8 @@ time interventions are *inputs* to the router (never forks of the layer), carrie
   tokens (C3PO re-mixing);
 - ``rng``: the key of a stochastic router (THOR);
 - ``pregate_logits [T, N]``: router logits computed before the layer stack (Read-ME);
+- ``jitter_rng``: the key of the router-input jitter (``model.moe.router_jitter``, training
+  only); the MoE layer consumes it, the router never sees it;
 - ``return_probs`` (static bool): the MoE layer also returns the router probabilities.
 
 At the model level (``jaxmoe.models.lm.forward``) the per-layer fields carry a leading
@@ -60,10 +62,12 @@ class Routing:
 
 
 # fields that differ per layer (sliced by the layer scan) and fields every layer shares
-LAYER_FIELDS = ("expert_mask", "force_mask", "rng", "weight_override", "override_mask")
+LAYER_FIELDS = ("expert_mask", "force_mask", "rng", "weight_override", "override_mask", "jitter_rng")
 SHARED_FIELDS = ("pregate_logits",)
+# inputs the MoE layer itself consumes (never passed to a router's ``route``)
+LAYER_ONLY_FIELDS = ("jitter_rng",)
 # what a router's ``route`` may take (``return_probs`` is for the layer, not the router)
-ROUTE_FIELDS = LAYER_FIELDS + SHARED_FIELDS + ("rank_select",)
+ROUTE_FIELDS = tuple(f for f in LAYER_FIELDS if f not in LAYER_ONLY_FIELDS) + SHARED_FIELDS + ("rank_select",)
 
 
 @flax.struct.dataclass
@@ -78,6 +82,7 @@ class RouterInputs:
     weight_override: Optional[jax.Array] = None
     override_mask: Optional[jax.Array] = None
     pregate_logits: Optional[jax.Array] = None
+    jitter_rng: Optional[jax.Array] = None
     rank_select: Optional[int] = flax.struct.field(pytree_node=False, default=None)
     return_probs: bool = flax.struct.field(pytree_node=False, default=False)
 
@@ -86,12 +91,14 @@ class RouterInputs:
         return {name: getattr(self, name) for name in ROUTE_FIELDS if getattr(self, name) is not None}
 
     def stack(self, num_layers: int, num_tokens: int) -> "RouterInputs":
-        """Model-level inputs -> the layer-stacked, token-flattened form: ``rng`` split into
-        one key per layer, ``weight_override [L, T, N]``, ``override_mask [L, T]``,
+        """Model-level inputs -> the layer-stacked, token-flattened form: ``rng`` and
+        ``jitter_rng`` split into one key per layer, ``weight_override [L, T, N]``, ``override_mask [L, T]``,
         ``pregate_logits [T, N]`` (``T = batch * seq``); the masks stay ``[L, N]``."""
         out = self
         if self.rng is not None:
             out = out.replace(rng=jax.random.split(self.rng, num_layers))
+        if self.jitter_rng is not None:
+            out = out.replace(jitter_rng=jax.random.split(self.jitter_rng, num_layers))
         if self.weight_override is not None:
             out = out.replace(weight_override=self.weight_override.reshape(num_layers, num_tokens, -1))
             if self.override_mask is not None:
@@ -183,7 +190,10 @@ class Router:
       :meth:`init_pregate_cache`, :meth:`pregate`);
     - an extra training objective (:attr:`objective`) that replaces the model's one pass;
     - decoding behaviour (:meth:`decode_config`, :meth:`decode_rng`) and how many experts a
-      token uses (:meth:`experts_used`).
+      token uses (:meth:`experts_used`);
+    - params it updates itself after each train step, outside the optimizer
+      (:meth:`updates_after_step`, :meth:`post_update`): by default the DeepSeek-V3
+      auxiliary-loss-free balancing of ``selection_bias``.
     """
 
     name: str = ""
@@ -277,3 +287,28 @@ class Router:
         """The router key of decoding step ``step`` (None: the router is not random)."""
         del rng, step, cfg
         return None
+
+    # ---------------------------------------------------------------- after a train step
+
+    def updates_after_step(self, cfg: MoEConfig) -> bool:
+        """Whether :meth:`post_update` changes anything for ``cfg`` (the train step skips the
+        hook otherwise): by default, auxiliary-loss-free balancing is on
+        (``selection_bias`` with ``bias_update_rate > 0``)."""
+        return bool(cfg.selection_bias and cfg.bias_update_rate > 0)
+
+    def post_update(self, params: dict, stats: dict[str, jax.Array], cfg: MoEConfig) -> dict:
+        """The router params this router updates itself after a train step, outside the
+        optimizer: ``{name: new value}``; each replaces what the optimizer made of that leaf
+        (no gradient step, no weight decay). ``params``: this layer's router params *before*
+        the step; ``stats["load"] [N]``: the fraction of this step's (valid) assignments per
+        expert.
+
+        Default: DeepSeek-V3 auxiliary-loss-free balancing, ``selection_bias += rate *
+        sign(mean_load - load_e)`` (overloaded experts become less likely to be selected,
+        underloaded ones more; the combine weights never see the bias)."""
+        if not self.updates_after_step(cfg) or "selection_bias" not in params:
+            return {}
+        load = stats["load"].astype(jnp.float32)
+        bias = params["selection_bias"]
+        step = cfg.bias_update_rate * jnp.sign(load.mean() - load)
+        return {"selection_bias": (bias.astype(jnp.float32) + step).astype(bias.dtype)}

@@ -11,6 +11,13 @@ two passes with independent draws and adds a consistency regulariser (:attr:`obj
 tokens next to summed cross-entropies (fairseq's convention); here both CE and CR are token
 means, which keeps their ratio. alpha is ``consistency_coef``.
 
+Metrics: the training ``loss`` is this two-pass objective (also logged as
+``loss_two_pass``); ``ce`` is the cross-entropy of *one* stochastic pass (the first), so it
+is comparable with the ``ce`` of other routers; ``ce_1``/``ce_2``/``ce_two_pass_mean`` and
+``consistency`` are the parts. Evaluation (``rng=None``: the trainer's ``eval_loss``) runs a
+single pass with the inference draw and a fixed key and returns its cross-entropy (+ router
+aux losses, if any) -- the single-pass CE, not the two-pass objective (about twice as large).
+
 Decoding draws per token or per sequence (``inference``): :meth:`ThorRouter.decode_config`
 switches the draw and :meth:`ThorRouter.decode_rng` gives the key of a step.
 """
@@ -111,8 +118,17 @@ class ThorRouter(Router):
         return 1, 1
 
     def objective(self, run, ce, mask, cfg: MoEConfig, rng):
-        """Two stochastic passes: ``CE_1 + CE_2 + alpha * CR`` (+ router aux losses, if any).
-        ``run(RouterInputs) -> (logits, aux)``, ``ce(logits) -> cross-entropy``."""
+        """Training (``rng`` given): two stochastic passes, ``CE_1 + CE_2 + alpha * CR`` (+
+        router aux losses, if any). Evaluation (``rng=None``): one pass with the inference
+        draw, its CE (+ aux losses). ``run(RouterInputs, moe_cfg=None) -> (logits, aux)``,
+        ``ce(logits) -> cross-entropy``."""
+        if rng is None:  # evaluation: the single-pass cross-entropy, comparable with other routers
+            logits, aux = run(RouterInputs(rng=jax.random.PRNGKey(0)), self.decode_config(cfg))
+            ce1 = ce(logits)
+            metrics = {"ce": ce1, "aux_loss": aux["aux_loss"], "dropped_frac": aux["dropped_frac"]}
+            if aux["load"].shape[0]:
+                metrics["load"] = aux["load"]
+            return ce1 + aux["aux_loss"], metrics
         r1, r2 = pass_rngs(rng)
         logits1, aux1 = run(RouterInputs(rng=r1))
         logits2, aux2 = run(RouterInputs(rng=r2))
@@ -121,8 +137,8 @@ class ThorRouter(Router):
         cr = consistency_loss(logits1, logits2, mask)
         aux_loss = aux1["aux_loss"] + aux2["aux_loss"]
         loss = ce1 + ce2 + cfg.router_options.consistency_coef * cr + aux_loss
-        metrics = {"ce": 0.5 * (ce1 + ce2), "ce_1": ce1, "ce_2": ce2, "consistency": cr, "aux_loss": aux_loss,
-                   "dropped_frac": aux1["dropped_frac"]}
+        metrics = {"ce": ce1, "ce_1": ce1, "ce_2": ce2, "ce_two_pass_mean": 0.5 * (ce1 + ce2), "consistency": cr,
+                   "loss_two_pass": loss, "aux_loss": aux_loss, "dropped_frac": aux1["dropped_frac"]}
         if aux1["load"].shape[0]:
             metrics["load"] = aux1["load"]
         return loss, metrics

@@ -2,8 +2,11 @@
 
 ``P = softmax(x W)``; sort descending; keep the smallest prefix whose cumulative mass
 exceeds ``top_p``. A token uses a variable number of experts: the router returns the
-top-``max_k`` ids with ``valid [T, max_k]`` marking the kept ones, and the dropless path
-skips the others. Combine weights are the raw P (not renormalised). Its loss is the
+top-``max_k`` ids with ``valid [T, max_k]`` marking the kept ones. ``max_k`` is
+``max_experts_per_token`` (default ``2 * experts_per_token``, so the dispatch buffers hold
+``T * max_k`` rows, not ``T * num_experts``). The dropless path gives the grouped matmuls
+only the valid (token, expert) pairs and skips the chunks of sorted rows past them, so an
+unused slot costs no expert compute. Combine weights are the raw P (not renormalised). Its loss is the
 routing entropy ``L_dyn = mean_t -sum_i P_i log P_i`` (``dynamic_loss``), weighted by
 ``dynamic_loss_coef``.
 """
@@ -11,7 +14,7 @@ routing entropy ``L_dyn = mean_t -sum_i P_i log P_i`` (``dynamic_loss``), weight
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,17 +31,27 @@ if TYPE_CHECKING:
 @dataclasses.dataclass(frozen=True)
 class TopPOptions(RouterOptions):
     """``top_p``: the mass threshold; ``max_experts_per_token``: most experts a token may
-    use (0 -> num_experts); ``dynamic_loss_coef``: weight of the entropy loss."""
+    use (null -> ``2 * experts_per_token``, at most num_experts; 0 -> num_experts, no cap);
+    ``dynamic_loss_coef``: weight of the entropy loss."""
 
     top_p: float = 0.4
-    max_experts_per_token: int = 0
+    max_experts_per_token: Optional[int] = None
     dynamic_loss_coef: float = 1e-4
 
     def validate(self, moe: MoEConfig) -> None:
         check(0.0 < self.top_p <= 1.0, f"model.moe.router_options.top_p={self.top_p} must be in (0, 1].")
-        check(0 <= self.max_experts_per_token <= moe.num_experts,
-              f"model.moe.router_options.max_experts_per_token={self.max_experts_per_token} must be between 0 (all) "
-              f"and model.moe.num_experts={moe.num_experts}.")
+        cap = self.max_experts_per_token
+        check(cap is None or 0 <= cap <= moe.num_experts,
+              f"model.moe.router_options.max_experts_per_token={cap} must be null (2 x experts_per_token), 0 (all) "
+              f"or at most model.moe.num_experts={moe.num_experts}.")
+
+
+def max_experts(cfg: MoEConfig) -> int:
+    """Most experts a token may use under top-p routing with ``cfg`` (the slots per token)."""
+    cap = cfg.router_options.max_experts_per_token
+    if cap is None:
+        return min(cfg.num_experts, 2 * cfg.experts_per_token)
+    return cap or cfg.num_experts
 
 
 def route(params, x: jax.Array, cfg: MoEConfig, *, expert_mask=None, force_mask=None, weight_override=None,
@@ -48,8 +61,7 @@ def route(params, x: jax.Array, cfg: MoEConfig, *, expert_mask=None, force_mask=
     kept). Disabled experts carry no mass and are never valid; forced experts are always
     valid. ``weight_override`` replaces P for the overridden tokens."""
     opts: TopPOptions = cfg.router_options
-    n = cfg.num_experts
-    max_k = opts.max_experts_per_token or n
+    max_k = max_experts(cfg)
     logits = router_logits(params, x)
     probs = jax.nn.softmax(logits, axis=-1)
     scores = override_scores(probs, weight_override, override_mask)
@@ -78,7 +90,7 @@ class TopPRouter(Router):
         return {"dynamic_loss": (losses_lib.routing_entropy(routing.probs), cfg.router_options.dynamic_loss_coef)}
 
     def experts_used(self, cfg: MoEConfig) -> tuple[int, int]:
-        return cfg.experts_per_token, cfg.num_experts
+        return cfg.experts_per_token, max_experts(cfg)
 
 
 ROUTER = TopPRouter()

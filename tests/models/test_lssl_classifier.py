@@ -10,7 +10,9 @@ import pytest
 from jaxmoe.cli import main
 from jaxmoe.config import ConfigError, load_config
 from jaxmoe.data.text import DataError
-from jaxmoe.demos.data import ArrayPipeline, digits_sequences
+from jaxmoe.data import pipelines
+from jaxmoe.data.arrays import ArrayPipeline
+from jaxmoe.data.datasets import digits_sequences
 from jaxmoe.demos.ssm import evaluate_classifier, fit
 from jaxmoe.models import get_model, lssl_classifier as lc
 
@@ -116,7 +118,7 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="num_classes"):
         load_config(CONFIG, ["model.num_classes=1"])
     with pytest.raises(ConfigError, match="vocab_size"):
-        lc.build_pipelines(load_config(CONFIG, ["model.vocab_size=10"]))
+        pipelines.build(load_config(CONFIG, ["model.vocab_size=10"]))
 
 
 def test_jaxmoe_train_two_steps(tmp_path):

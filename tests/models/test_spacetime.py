@@ -9,7 +9,8 @@ import pytest
 
 from jaxmoe.cli import main
 from jaxmoe.config import ConfigError, load_config
-from jaxmoe.demos.data import ArrayPipeline, forecast_windows
+from jaxmoe.data.arrays import ArrayPipeline
+from jaxmoe.data.datasets import forecast_windows
 from jaxmoe.demos.ssm import fit
 from jaxmoe.models import get_model, spacetime
 

@@ -1,5 +1,5 @@
 """``configs/lm_tiny_hybrid.yaml`` (Mamba + attention LM) trains through ``jaxmoe train``.
-(Cached decode == full forward of hybrid stacks is in tests/test_lm.py.)"""
+(Cached decode == full forward of hybrid stacks is in tests/models/test_lm.py.)"""
 
 from jaxmoe.cli import main
 from jaxmoe.config import load_config

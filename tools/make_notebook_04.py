@@ -1,9 +1,16 @@
-"""Writes notebooks/04_experts.ipynb (run: python notebooks/build_04_experts.py)."""
+"""Writes notebooks/04_experts.ipynb (kept as a script so the notebook stays reviewable).
+
+Run ``python tools/make_notebook_04.py`` (from any directory), then execute the notebook to
+store its outputs. Every notebook generator lives in tools/ as ``make_notebook_NN.py``;
+tests/test_notebooks.py checks that each stored notebook holds its generator's cells.
+"""
 
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_experts.ipynb"
 
 cells = [
     new_markdown_cell("""# Experts: profile, steer, contrast
@@ -120,6 +127,13 @@ jaxmoe generate --checkpoint RUN --prompt "def main(args):" --contrastive scmoe 
 ```"""),
 ]
 
-nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+
+def write(path: Path = NOTEBOOK) -> None:
+    """Write the notebook (without outputs; execute it to store them)."""
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                         "language": "python"}})
-Path(__file__).with_name("04_experts.ipynb").write_text(nbformat.writes(nb))
+    nbformat.write(nb, str(path))
+
+
+if __name__ == "__main__":
+    write()

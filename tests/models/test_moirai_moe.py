@@ -8,11 +8,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmoe.commands.forecast import forecast_with_model
 from jaxmoe.config import Config, ConfigError, load_config
+from jaxmoe.decode.forecast import DEFAULT_QUANTILES, get_forecaster
+from jaxmoe.decode.forecast.moirai_moe import forecast_moirai
 from jaxmoe.models import distributions as dist
-from jaxmoe.models import get_model
+from jaxmoe.models import get_model, param_counts
 from jaxmoe.models import moirai_moe as mm
+from jaxmoe.moe.kmeans import kmeans
+from jaxmoe.nn.attention import rope_part
 from jaxmoe.train.optimizer import decay_mask
 
 P = 4  # patch size of the tiny configs
@@ -67,7 +70,7 @@ def test_registry_param_shapes_and_axes():
     axes = mm.param_axes(CFG)
     assert axes["layers"]["ffn"]["experts"]["gate"] == ("layers", "expert", "embed", "expert_mlp")
     assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, tuple)) == jax.tree.structure(p)
-    counts = mm.param_counts(CFG)
+    counts = param_counts(CFG)
     assert counts["total"] - counts["active"] == 2 * 2 * 3 * 16 * 16  # 2 idle experts x 2 layers
 
 
@@ -92,7 +95,7 @@ def test_apply_shapes_finite_and_causal():
 def test_partial_rope_rotates_half_the_head():
     x = jax.random.normal(jax.random.PRNGKey(2), (1, 3, 2, 8))
     pos = jnp.arange(3)[None] + 5
-    y = jax.jit(mm.partial_rope, static_argnums=2)(x, pos, 10000.0)
+    y = jax.jit(rope_part, static_argnums=(2, 3, 4))(x, pos, 10000.0, None, mm.rope_dims(8))
     np.testing.assert_array_equal(np.asarray(y[..., 4:]), np.asarray(x[..., 4:]))
     assert not np.allclose(np.asarray(y[..., :4]), np.asarray(x[..., :4]))
     np.testing.assert_allclose(np.linalg.norm(np.asarray(y), axis=-1), np.linalg.norm(np.asarray(x), axis=-1),
@@ -140,7 +143,7 @@ def test_centroid_gating():
     # k-means recovers well separated clusters
     pts = jnp.concatenate([jnp.full((5, 2), -10.0), jnp.full((5, 2), 10.0)]) + 0.01 * jax.random.normal(
         jax.random.PRNGKey(8), (10, 2))
-    cents = np.sort(np.asarray(mm.kmeans(pts, 2, jax.random.PRNGKey(9), iters=5))[:, 0])
+    cents = np.sort(np.asarray(kmeans(pts, 2, jax.random.PRNGKey(9), iters=5))[:, 0])
     np.testing.assert_allclose(cents, [-10.0, 10.0], atol=0.05)
 
 
@@ -215,7 +218,7 @@ def _context():
 
 
 def _forecast(context, **kw):
-    return mm.forecast_moirai(PARAMS, CFG, context, 10, num_samples=100, rng=jax.random.PRNGKey(7), **kw)
+    return forecast_moirai(PARAMS, CFG, context, 10, num_samples=100, rng=jax.random.PRNGKey(7), **kw)
 
 
 def test_cached_sampling_equals_full_recompute():
@@ -231,7 +234,7 @@ def test_forecast_shapes_quantiles_and_scaling_invariance():
     ctx = _context()
     out = _forecast(ctx)
     levels = out["quantile_levels"]
-    assert levels == mm.DEFAULT_QUANTILES
+    assert levels == DEFAULT_QUANTILES
     chex.assert_shape(out["quantiles"], (9, 2, 10))
     chex.assert_shape([out["mean"], out["median"]], (2, 10))
     chex.assert_tree_all_finite({k: out[k] for k in ("mean", "median", "quantiles", "samples")})
@@ -245,11 +248,11 @@ def test_forecast_shapes_quantiles_and_scaling_invariance():
         np.testing.assert_allclose(np.asarray(scaled["mean"]), c * np.asarray(out["mean"]), rtol=1e-5, atol=1e-6)
     again = _forecast(ctx)  # same rng -> same paths
     np.testing.assert_array_equal(np.asarray(again["samples"]), np.asarray(out["samples"]))
-    hook = mm.forecast_quantiles(PARAMS, CFG, ctx, 10, rng=jax.random.PRNGKey(7))
-    np.testing.assert_allclose(hook["quantiles"][0.9], q[-1], rtol=1e-6)
+    hook = get_forecaster(CFG, PARAMS, rng=jax.random.PRNGKey(7)).quantiles(ctx, 10)
+    np.testing.assert_allclose(hook[0.9], q[-1], rtol=1e-6)
     # `jaxmoe forecast` / `evaluate` take the median as the point forecast of a sampled model
-    cli = forecast_with_model(PARAMS, Config(model=CFG), ctx, 10)
-    default_rng = mm.forecast_moirai(PARAMS, CFG, ctx, 10)  # rng None -> PRNGKey(0), as the CLI
+    cli = get_forecaster(Config(model=CFG), PARAMS).forecast(ctx, 10)
+    default_rng = forecast_moirai(PARAMS, CFG, ctx, 10)  # rng None -> PRNGKey(0), as the CLI
     np.testing.assert_allclose(cli["mean"], np.asarray(default_rng["median"]), rtol=1e-6)
     assert not np.allclose(cli["mean"], np.asarray(default_rng["mean"]))
     assert sorted(cli["quantiles"]) == list(levels)
@@ -257,9 +260,9 @@ def test_forecast_shapes_quantiles_and_scaling_invariance():
 
 def test_forecast_errors():
     with pytest.raises(ValueError, match="positive integer"):
-        mm.forecast_moirai(PARAMS, CFG, np.ones((1, 8)), 0)
+        forecast_moirai(PARAMS, CFG, np.ones((1, 8)), 0)
     with pytest.raises(ValueError, match="no observed"):
-        mm.forecast_moirai(PARAMS, CFG, np.array([[1.0, 2.0], [np.nan, np.nan]]), 3)
+        forecast_moirai(PARAMS, CFG, np.array([[1.0, 2.0], [np.nan, np.nan]]), 3)
 
 
 def test_config_validation():
