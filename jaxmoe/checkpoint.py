@@ -398,7 +398,8 @@ class _AbandonedReads(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
         return not ("exception was never retrieved" in msg
-                    and ("Encountered error while reading array" in msg or "_read_array_index" in msg))
+                    and any(m in msg for m in ("Encountered error while reading array", "_read_array_index",
+                                               "in OCDBT database")))
 
 
 _ABANDONED_READS = _AbandonedReads()

@@ -147,7 +147,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_every_component_has_rules():
     components = {_component(m) for m in MODULES} - {"jaxmoe"}
-    assert components - set(FORBIDDEN) <= {"cli"}, sorted(components - set(FORBIDDEN))
+    # the entry points (cli.py, __main__.py) sit on top of everything
+    assert components - set(FORBIDDEN) <= {"cli", "__main__"}, sorted(components - set(FORBIDDEN))
 
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
