@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxmoe.data.corpus import Exclusions, ensure_default_corpus, read_corpus
 from jaxmoe.data.synthetic import SYNTHETIC_GENERATORS, synthetic2_series, tsmixup_series
-from jaxmoe.data.windows import WindowSource, clean_series
+from jaxmoe.data.windows import GeneratorWindowSource, WindowSource, clean_series
 from jaxmoe.errors import SeriesError
 
 __all__ = ["GENERATOR_KINDS", "GeneratorWindowSource", "TSMixupWindowSource", "resolve_extra_source",
@@ -45,30 +45,6 @@ EXTRA_KINDS = ("corpus", "tsmixup", *GENERATOR_KINDS)
 def _window(values: np.ndarray) -> dict[str, np.ndarray]:
     v, m = clean_series(values)
     return {"values": v, "mask": m}
-
-
-class GeneratorWindowSource:
-    """`size` generated series of exactly one window each: item i is `fn(seed, i, window)`."""
-
-    iid = True  # independent draws: the pipeline does not shuffle them
-
-    def __init__(self, fn: Callable[[int, int, int], np.ndarray], name: str, seed: int, context_length: int, size: int):
-        self.fn, self.name = fn, name
-        self.seed, self.window, self.size = int(seed), int(context_length) + 1, int(size)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        index = int(index)
-        if index < 0:
-            index += self.size
-        if not 0 <= index < self.size:
-            raise IndexError(f"index {index} is out of range for {self.size} {self.name} series.")
-        return _window(self.fn(self.seed, index, self.window))
-
-    def __repr__(self) -> str:
-        return f"GeneratorWindowSource({self.name!r}, seed={self.seed}, window={self.window}, size={self.size})"
 
 
 class TSMixupWindowSource:

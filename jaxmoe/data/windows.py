@@ -10,7 +10,7 @@ builds the extra kinds of sources from them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from jaxmoe.data.real_series import SeriesError
 from jaxmoe.data.synthetic import synthetic_series
 
 __all__ = ["clean_series", "constant_segments", "constant_segment_mask", "window_starts", "WindowSource",
-           "SyntheticWindowSource", "DEFAULT_SYNTHETIC_SIZE", "MIN_OBSERVED_PER_WINDOW"]
+           "GeneratorWindowSource", "SyntheticWindowSource", "DEFAULT_SYNTHETIC_SIZE", "MIN_OBSERVED_PER_WINDOW"]
 
 DEFAULT_SYNTHETIC_SIZE = 1 << 30
 MIN_OBSERVED_PER_WINDOW = 2
@@ -179,15 +179,14 @@ class WindowSource:
         return f"WindowSource({self.name!r}, series={self.num_series}, windows={len(self)}, window={self.window})"
 
 
-class SyntheticWindowSource:
-    """`size` synthetic series of exactly one window each (`synthetic_series(seed, i, W)`)."""
+class GeneratorWindowSource:
+    """`size` generated series of exactly one window each: item i is `fn(seed, i, window)`."""
 
-    def __init__(self, seed: int, context_length: int, size: int = DEFAULT_SYNTHETIC_SIZE):
-        _check_positive(context_length=context_length, size=size)
-        self.seed = int(seed)
-        self.window = int(context_length) + 1
-        self.size = int(size)
-        self.name = "synthetic"
+    iid = True  # independent draws: the pipeline does not shuffle them
+
+    def __init__(self, fn: Callable[[int, int, int], np.ndarray], name: str, seed: int, context_length: int, size: int):
+        self.fn, self.name = fn, name
+        self.seed, self.window, self.size = int(seed), int(context_length) + 1, int(size)
 
     def __len__(self) -> int:
         return self.size
@@ -197,9 +196,20 @@ class SyntheticWindowSource:
         if index < 0:
             index += self.size
         if not 0 <= index < self.size:
-            raise IndexError(f"index {index} is out of range for {self.size} synthetic series.")
-        values, mask = clean_series(synthetic_series(self.seed, index, self.window))
+            raise IndexError(f"index {index} is out of range for {self.size} {self.name} series.")
+        values, mask = clean_series(self.fn(self.seed, index, self.window))
         return {"values": values, "mask": mask}
+
+    def __repr__(self) -> str:
+        return f"GeneratorWindowSource({self.name!r}, seed={self.seed}, window={self.window}, size={self.size})"
+
+
+class SyntheticWindowSource(GeneratorWindowSource):
+    """`size` synthetic series of exactly one window each (`synthetic_series(seed, i, W)`)."""
+
+    def __init__(self, seed: int, context_length: int, size: int = DEFAULT_SYNTHETIC_SIZE):
+        _check_positive(context_length=context_length, size=size)
+        super().__init__(synthetic_series, "synthetic", seed, context_length, size)
 
     def __repr__(self) -> str:
         return f"SyntheticWindowSource(seed={self.seed}, window={self.window}, size={self.size})"
