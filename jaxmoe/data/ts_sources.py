@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxmoe.data.corpus import Exclusions, ensure_default_corpus, read_corpus
 from jaxmoe.data.synthetic import SYNTHETIC_GENERATORS, synthetic2_series, tsmixup_series
-from jaxmoe.data.windows import GeneratorWindowSource, WindowSource, clean_series
+from jaxmoe.data.windows import GeneratorWindowSource, WindowSource
 from jaxmoe.errors import SeriesError
 
 __all__ = ["GENERATOR_KINDS", "GeneratorWindowSource", "TSMixupWindowSource", "resolve_extra_source",
@@ -42,15 +42,8 @@ GENERATOR_KINDS: dict[str, Callable[[int, int, int], np.ndarray]] = {
 EXTRA_KINDS = ("corpus", "tsmixup", *GENERATOR_KINDS)
 
 
-def _window(values: np.ndarray) -> dict[str, np.ndarray]:
-    v, m = clean_series(values)
-    return {"values": v, "mask": m}
-
-
-class TSMixupWindowSource:
+class TSMixupWindowSource(GeneratorWindowSource):
     """`size` TSMixup windows over a pool of real series grouped by dataset."""
-
-    iid = True
 
     def __init__(self, pool: Sequence[np.ndarray], groups: Sequence[int], name: str, seed: int,
                  context_length: int, size: int):
@@ -58,20 +51,14 @@ class TSMixupWindowSource:
             raise SeriesError(f"Source {name!r} has no series to mix (all excluded or an empty corpus).")
         self.pool = [np.asarray(p, dtype=np.float64) for p in pool]
         self.groups = np.asarray(groups)
-        self.name = name
         self.num_series = len(self.pool)
-        self.seed, self.window, self.size = int(seed), int(context_length) + 1, int(size)
+        super().__init__(self._mix, name, seed, context_length, size)
 
-    def __len__(self) -> int:
-        return self.size
+    def _mix(self, seed: int, index: int, window: int) -> np.ndarray:
+        return tsmixup_series(self.pool, seed, index, window, groups=self.groups)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        index = int(index)
-        if index < 0:
-            index += self.size
-        if not 0 <= index < self.size:
-            raise IndexError(f"index {index} is out of range for {self.size} tsmixup windows.")
-        return _window(tsmixup_series(self.pool, self.seed, index, self.window, groups=self.groups))
+    def __repr__(self) -> str:
+        return f"TSMixupWindowSource({self.name!r}, series={self.num_series}, window={self.window}, size={self.size})"
 
 
 def corpus_series(directory: str, exclusions: Exclusions | None):
